@@ -1,0 +1,126 @@
+"""Input checks shared by every kernel and wrapper.
+
+They run before anything is mutated, so a call that raises leaves params and state as they were.
+"""
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor
+
+
+class UnsupportedOptionError(ValueError, NotImplementedError):
+    """An option torch.optim has that this library does not implement.
+
+    A ``ValueError`` (a bad argument for us) and a ``NotImplementedError`` (a feature we lack),
+    so either ``except`` clause catches it.
+    """
+
+
+def as_float(value, name: str) -> float:
+    """A hyperparameter as a Python float: numbers and 1-element tensors, as torch.optim takes."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        return value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or a 1-element tensor, got {type(value).__name__}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value, label: str | None = None) -> float:
+    """``value`` is finite and >= 0; the message starts as torch.optim's does (``Invalid ... value``)."""
+    number = as_float(value, name)
+    if not (math.isfinite(number) and number >= 0.0):
+        label = label or f"{name} value"
+        raise ValueError(f"Invalid {label}: {value} ({name} must be finite and >= 0)")
+    return number
+
+
+def check_beta(name: str, value, index: int | None = None) -> float:
+    """``value`` lies in [0, 1)."""
+    number = as_float(value, name)
+    if not 0.0 <= number < 1.0:  # also false for NaN
+        where = f"beta parameter at index {index}" if index is not None else f"{name} value"
+        raise ValueError(f"Invalid {where}: {value} ({name} must be in [0, 1))")
+    return number
+
+
+def check_lr(lr) -> float:
+    return check_nonnegative("lr", lr, label="learning rate")
+
+
+def check_eps(eps) -> float:
+    return check_nonnegative("eps", eps, label="epsilon value")
+
+
+def check_tensor_lists(**lists: Sequence[Tensor | None] | None) -> int:
+    """Check that the named lists line up with the first one (the params).
+
+    Every list has the same length; every tensor has its param's shape, dtype and device
+    (``None`` entries are allowed where a kernel fills them in, as SGD's first momentum buffers);
+    no tensor is sparse. Returns the common length.
+    """
+    (ref_name, ref), *others = [(name, lst) for name, lst in lists.items() if lst is not None]
+    if isinstance(ref, Tensor) or not isinstance(ref, Sequence):
+        raise TypeError(f"{ref_name} must be a list of tensors, got {type(ref).__name__}")
+    for index, param in enumerate(ref):
+        if not isinstance(param, Tensor):
+            raise TypeError(f"{ref_name}[{index}] must be a Tensor, got {type(param).__name__}")
+        if param.is_sparse:
+            raise RuntimeError(f"{ref_name}[{index}] is sparse; sparse tensors are not supported")
+    for name, lst in others:
+        if isinstance(lst, Tensor) or not isinstance(lst, Sequence):
+            raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
+        if len(lst) != len(ref):
+            raise ValueError(f"{name} has {len(lst)} tensors but {ref_name} has {len(ref)}")
+        for index, (tensor, param) in enumerate(zip(lst, ref)):
+            if tensor is None:
+                continue
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name}[{index}] must be a Tensor, got {type(tensor).__name__}")
+            if tensor.is_sparse:
+                raise RuntimeError(
+                    f"{name}[{index}] is sparse; sparse gradients are not supported by this kernel"
+                )
+            if tensor.shape != param.shape:
+                raise ValueError(
+                    f"{name}[{index}] has shape {tuple(tensor.shape)} but {ref_name}[{index}] "
+                    f"has shape {tuple(param.shape)}"
+                )
+            if tensor.dtype != param.dtype or tensor.device != param.device:
+                raise TypeError(
+                    f"{name}[{index}] is {tensor.dtype} on {tensor.device} but {ref_name}[{index}] "
+                    f"is {param.dtype} on {param.device}"
+                )
+    return len(ref)
+
+
+def step_values(step, count: int) -> list[float]:
+    """The step count of each tensor as floats: ``step`` is one int or 0-d tensor, or one per tensor."""
+    if isinstance(step, Tensor) and step.dim() == 0 or isinstance(step, (int, float)):
+        values = [_step_value(step, "step")] * count
+    elif isinstance(step, Sequence) and not isinstance(step, (str, bytes)):
+        if len(step) != count:
+            raise ValueError(f"step has {len(step)} values but params has {count}")
+        values = [_step_value(s, f"step[{i}]") for i, s in enumerate(step)]
+    else:
+        raise TypeError(
+            "step must be an int, a 0-d tensor, or a sequence of them (one per param), "
+            f"got {type(step).__name__}"
+        )
+    return values
+
+
+def _step_value(step, name: str) -> float:
+    if isinstance(step, Tensor):
+        if step.numel() != 1:
+            raise ValueError(f"{name} must be a 0-d tensor, got shape {tuple(step.shape)}")
+        value = step.item()
+    elif isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise TypeError(f"{name} must be an int or a 0-d tensor, got {type(step).__name__}")
+    else:
+        value = step
+    if not (value >= 1 and float(value).is_integer()):
+        raise ValueError(f"{name} must be a whole number >= 1 (the count after this update), got {value}")
+    return float(value)

@@ -1,0 +1,71 @@
+"""Adam and AMSGrad."""
+
+import torch
+from torch import Tensor
+
+from ._math import bias_correction, grouped
+from ._validation import check_beta, check_eps, check_lr, check_tensor_lists
+
+
+def adam_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor] | None = None,
+    *,
+    step,
+    lr: float | Tensor,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> None:
+    r"""Adam step, in place, on lists of tensors; AMSGrad when ``max_exp_avg_sqs`` is given.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \qquad
+        \hat v_t = \max(\hat v_{t-1}, v_t) \text{ (AMSGrad) else } v_t
+
+        \theta_t = \theta_{t-1} - \frac{\alpha}{1-\beta_1^t}
+                   \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: parallel lists of tensors.
+        step: the step count *after* this update (1 on the first call): an int, or one int or
+            0-d tensor per param.
+        lr, beta1, beta2, eps: as in ``torch.optim.Adam``; ``lr`` may be a 1-element tensor.
+
+    Mutates params, exp_avgs, exp_avg_sqs (and max_exp_avg_sqs). Never grads. Weight decay
+    is composed in front: ``grads = weight_decay_l2(params, grads, ...)``.
+    The op order is torch.optim.Adam's, so results equal it bit for bit on CPU.
+
+    Example:
+        >>> import torch
+        >>> from optkernels import adam_update
+        >>> params, grads = [torch.ones(3)], [torch.full((3,), 0.5)]
+        >>> exp_avgs, exp_avg_sqs = [torch.zeros(3)], [torch.zeros(3)]
+        >>> adam_update(params, grads, exp_avgs, exp_avg_sqs, step=1, lr=0.1)
+        >>> params[0]
+        tensor([0.9000, 0.9000, 0.9000])
+
+    Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2014, Algorithm 1;
+    Reddi et al., "On the Convergence of Adam and Beyond", 2018 (AMSGrad).
+    """
+    check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+                       max_exp_avg_sqs=max_exp_avg_sqs)
+    lr, eps = check_lr(lr), check_eps(eps)
+    beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
+    for (params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_), t in grouped(
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], step
+    ):
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
+        torch._foreach_mul_(exp_avg_sqs_, beta2)                            # v_t
+        torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)
+        if max_exp_avg_sqs_ is not None:
+            torch._foreach_maximum_(max_exp_avg_sqs_, exp_avg_sqs_)         # \hat v_t
+            exp_avg_sqs_ = max_exp_avg_sqs_
+        denoms = torch._foreach_sqrt(exp_avg_sqs_)
+        torch._foreach_div_(denoms, bias_correction(beta2, t) ** 0.5)
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_addcdiv_(params_, exp_avgs_, denoms, (lr / bias_correction(beta1, t)) * -1)

@@ -1,0 +1,64 @@
+"""RAdam: Adam with the variance of the adaptive learning rate rectified."""
+
+import torch
+from torch import Tensor
+
+from ._math import bias_correction, grouped, sma_length
+from ._validation import check_beta, check_eps, check_lr, check_tensor_lists
+
+
+def radam_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    step,
+    lr: float | Tensor,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> None:
+    r"""RAdam step, in place, on lists of tensors.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2
+
+        \rho_\infty = \tfrac{2}{1-\beta_2} - 1 \qquad
+        \rho_t = \rho_\infty - \tfrac{2 t \beta_2^t}{1-\beta_2^t}
+
+        \theta_t = \theta_{t-1} - \frac{\alpha}{1-\beta_1^t} m_t \cdot
+        \begin{cases}
+            r_t \sqrt{1-\beta_2^t} / (\sqrt{v_t} + \epsilon) & \rho_t > 5, \quad
+            r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}} \\
+            1 & \text{otherwise (an SGD-with-momentum step)}
+        \end{cases}
+
+    Arguments as :func:`adam_update` (no AMSGrad). Mutates params, exp_avgs and exp_avg_sqs.
+    Never grads. The op order is ``torch.optim.RAdam(foreach=True)``'s, which it equals bit for
+    bit on CPU; torch's for-loop path orders the ops differently (equal to rounding).
+
+    Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
+    """
+    check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
+    lr, eps = check_lr(lr), check_eps(eps)
+    beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
+    for (params_, grads_, exp_avgs_, exp_avg_sqs_), t in grouped(
+        [params, grads, exp_avgs, exp_avg_sqs], step
+    ):
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
+        torch._foreach_mul_(exp_avg_sqs_, beta2)                            # v_t
+        torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)
+        rho_t, rho_inf = sma_length(beta2, t)
+        step_size = lr / bias_correction(beta1, t)
+        if rho_t > 5:
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+            # torch folds -lr r_t sqrt(1-beta2^t) / (1-beta1^t) into one scalar and takes a reciprocal
+            scale = (bias_correction(beta2, t) ** 0.5) * (lr * rect / bias_correction(beta1, t)) * -1
+            factors = torch._foreach_sqrt(exp_avg_sqs_)
+            torch._foreach_add_(factors, eps)
+            torch._foreach_div_(factors, scale)
+            torch._foreach_reciprocal_(factors)
+            torch._foreach_addcmul_(params_, exp_avgs_, factors)
+        else:
+            torch._foreach_add_(params_, torch._foreach_mul(exp_avgs_, step_size * -1))

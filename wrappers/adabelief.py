@@ -1,0 +1,35 @@
+"""AdaBelief, with the options of the official adabelief-pytorch and torch.optim's conventions."""
+
+from optkernels import adabelief_update, weight_decay_l2
+
+from .base import KernelOptimizer
+
+
+class AdaBelief(KernelOptimizer):
+    """AdaBelief; see :func:`adabelief_update`.
+
+    The official ``AdaBelief(weight_decouple=...)`` is ``decoupled_weight_decay`` here, named as
+    torch.optim names it; its ``print_change_log`` is gone. State keys are the official ones
+    (``step``, ``exp_avg``, ``exp_avg_var``, ``max_exp_avg_var``), with ``step`` a tensor as in
+    torch.optim (an official checkpoint's int steps are converted on load).
+    """
+
+    state_names = ("exp_avg", "exp_avg_var")
+    amsgrad_state_name = "max_exp_avg_var"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0, amsgrad=False, *,
+                 decoupled_weight_decay=True, fixed_decay=False, rectify=True, degenerated_to_sgd=True,
+                 maximize=False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        decoupled_weight_decay=decoupled_weight_decay, fixed_decay=fixed_decay,
+                        rectify=rectify, degenerated_to_sgd=degenerated_to_sgd, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def _update(self, group, params, grads, state, step):
+        decoupled = group["decoupled_weight_decay"]
+        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
+                                decoupled=decoupled, fixed=decoupled and group["fixed_decay"])
+        adabelief_update(params, grads, state["exp_avg"], state["exp_avg_var"], state.get("max_exp_avg_var"),
+                         step=step, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                         eps=group["eps"], rectify=group["rectify"],
+                         degenerated_to_sgd=group["degenerated_to_sgd"])

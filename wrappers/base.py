@@ -1,0 +1,173 @@
+"""The one class that knows about param groups and per-parameter state."""
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optkernels._validation import (
+    UnsupportedOptionError,
+    check_beta,
+    check_eps,
+    check_lr,
+    check_nonnegative,
+    check_tensor_lists,
+)
+
+TORCH_ONLY_SWITCHES = ("capturable", "differentiable", "fused")
+
+
+def _check_betas(betas) -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for index, beta in enumerate(betas):
+        check_beta(f"betas[{index}]", beta, index=index)
+
+
+# Hyperparameters every optimizer checks the same way, wherever a group has them.
+_HPARAM_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "lr": check_lr,
+    "eps": check_eps,
+    "betas": _check_betas,
+    "weight_decay": lambda value: check_nonnegative("weight_decay", value),
+    "momentum": lambda value: check_nonnegative("momentum", value),
+    "dampening": lambda value: check_nonnegative("dampening", value),
+}
+
+
+def _scalar_dtype() -> torch.dtype:
+    # torch.optim keeps `step` as a float tensor of this dtype, so checkpoints match
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class KernelOptimizer(Optimizer):
+    """A ``torch.optim.Optimizer`` that collects tensor lists per param group and calls a kernel.
+
+    Subclasses give their state keys (torch.optim's names, so checkpoints cross-load), their
+    defaults, and ``_update``, which calls the kernels. This class does the rest: checks
+    hyperparameters, skips params whose grad is None, creates state lazily, keeps ``step``,
+    negates grads for ``maximize``, and makes a step that raises change nothing.
+    """
+
+    state_names: ClassVar[tuple[str, ...]] = ()  # per-param state tensors, zero-initialised
+    amsgrad_state_name: ClassVar[str | None] = None  # also kept when group["amsgrad"]
+    counts_steps: ClassVar[bool] = True  # keeps state["step"], as torch.optim does
+
+    def __init__(self, params, defaults: dict[str, Any]) -> None:
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "params must be an ordered collection (a list), not a set: a set's order changes "
+                "between runs, so a checkpoint would give state to the wrong tensors"
+            )
+        super().__init__(params, defaults)
+
+    # --- what subclasses provide -------------------------------------------------------------
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                state: dict[str, list[Tensor]], step: list[Tensor] | None) -> None:
+        raise NotImplementedError
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise ValueError for a bad hyperparameter; subclasses add their own rules."""
+        for name, check in _HPARAM_CHECKS.items():
+            if name in group:
+                check(group[name])
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        names = self.state_names
+        if self.amsgrad_state_name and group.get("amsgrad"):
+            names += (self.amsgrad_state_name,)
+        return names
+
+    def _init_state(self, name: str, param: Tensor) -> Tensor | None:
+        """A new state tensor; ``None`` lets the kernel create it on the first step."""
+        return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    # --- the machinery -------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group, dict):
+            merged = {**self.defaults, **param_group}
+            for name in TORCH_ONLY_SWITCHES:
+                if merged.get(name):
+                    raise UnsupportedOptionError(
+                        f"{name}=True is not supported by {type(self).__name__}: optkernels runs its "
+                        f"own foreach kernels; leave {name} unset or False"
+                    )
+            self._check_group(merged)
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for name, default in self.defaults.items():
+                group.setdefault(name, default)
+            if not self.counts_steps:
+                continue
+            for param in group["params"]:
+                param_state = self.state.get(param)
+                if param_state and "step" in param_state and not torch.is_tensor(param_state["step"]):
+                    # e.g. a checkpoint of the official AdaBelief, which counts with an int
+                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_scalar_dtype())
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Check every group before touching any tensor, so an error changes nothing.
+        batches = [self._collect(group) for group in self.param_groups]
+        for group, (params, grads, state, created, kernel_made) in zip(self.param_groups, batches):
+            if not params:
+                continue
+            for param, new_state in created:
+                self.state[param].update(new_state)
+            step = state.pop("step", None)
+            if step is not None:
+                torch._foreach_add_(step, 1)
+            if group.get("maximize", False):
+                grads = torch._foreach_neg(grads)
+            self._update(group, params, grads, state, step)
+            for name in kernel_made:  # state the kernel created in place of None (SGD's buffers)
+                for param, tensor in zip(params, state[name]):
+                    self.state[param][name] = tensor
+        return loss
+
+    def _collect(self, group: dict[str, Any]):
+        self._check_group(group)
+        names = self._state_names(group)
+        if self.counts_steps:
+            names = ("step",) + names
+        params, grads = [], []
+        state: dict[str, list] = {name: [] for name in names}
+        created, kernel_made = [], set()
+        for param in group["params"]:
+            grad = param.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            params.append(param)
+            grads.append(grad)
+            param_state = self.state.get(param, {})
+            new_state = {}
+            for name in names:
+                tensor = param_state.get(name)
+                if tensor is None:
+                    tensor = self._new_state(name, param)
+                    if tensor is None:
+                        kernel_made.add(name)
+                    else:
+                        new_state[name] = tensor
+                state[name].append(tensor)
+            if new_state:
+                created.append((param, new_state))
+        check_tensor_lists(params=params, grads=grads, **{n: t for n, t in state.items() if n != "step"})
+        return params, grads, state, created, kernel_made
+
+    def _new_state(self, name: str, param: Tensor) -> Tensor | None:
+        if name == "step":
+            return torch.tensor(0.0, dtype=_scalar_dtype())
+        return self._init_state(name, param)
