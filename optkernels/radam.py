@@ -61,4 +61,5 @@ def radam_update(
             torch._foreach_reciprocal_(factors)
             torch._foreach_addcmul_(params_, exp_avgs_, factors)
         else:
-            torch._foreach_add_(params_, torch._foreach_mul(exp_avgs_, step_size * -1))
+            # torch multiplies by a buffer filled with this scalar; add with alpha rounds as that does
+            torch._foreach_add_(params_, exp_avgs_, alpha=step_size * -1)

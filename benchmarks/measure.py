@@ -1,0 +1,148 @@
+"""How things are measured: step times, memory bandwidth, and the peak memory a step allocates.
+
+Step times
+    :func:`time_interleaved` times the variants round-robin in one process: each round times
+    one step of every variant, starting one variant later each round, so that drift of the
+    machine (clock, other load, memory state) falls on every variant alike instead of on
+    whichever ran last. Python's garbage collector is off while timing, as in :mod:`timeit`.
+
+Memory bandwidth
+    :func:`memory_bandwidth` is the best rate of two streaming kernels over tensors far larger
+    than any cache: an in-place ``a += s * b`` (reads a and b, writes a: the access pattern of an
+    optimizer updating its state in place) and a copy ``a[:] = b``. The best of both, best of
+    several repeats, is the rate the roofline assumes; it counts the bytes the kernel must move,
+    not the extra read a cache may make before a write.
+
+Peak extra memory
+    :func:`peak_extra_bytes` runs one step under ``torch.profiler`` with ``profile_memory=True``.
+    The profiler reports every allocation and free of torch's allocator on the device (the CPU
+    allocator included) with its size and time; the peak of the running sum, from the step's
+    start, is the most memory the step held beyond what existed before it: temporaries (for
+    example the square-root buffer of foreach Adam, one float per parameter), plus whatever
+    the step keeps. It is measured, not estimated, and it is exact for torch's allocations,
+    which is all an optimizer makes; it does not see memory that never goes through torch
+    (Python objects), nor allocator caching (the CPU allocator caches nothing).
+"""
+
+import gc
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+Stepper = Callable[[], Any]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per step of one variant, one value per timed round."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.seconds) * 1e3
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.seconds) * 1e3
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.seconds) * 1e3
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timer read afterwards covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(steppers: Mapping[str, Stepper], *, steps: int, warmup: int, device: torch.device,
+                     progress: Progress | None = None) -> dict[str, Timing]:
+    """Time ``steps`` rounds of one step of every stepper, after ``warmup`` untimed rounds.
+
+    ``progress`` is called with a one-line summary after each round.
+    """
+    names = list(steppers)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    with _gc_disabled():
+        for round_ in range(warmup + steps):
+            shift = round_ % len(names)
+            this_round = {}
+            for name in names[shift:] + names[:shift]:
+                synchronize(device)
+                start = time.perf_counter()
+                steppers[name]()
+                synchronize(device)
+                this_round[name] = time.perf_counter() - start
+            timed = round_ >= warmup
+            if timed:
+                for name, value in this_round.items():
+                    seconds[name].append(value)
+            if progress is not None:
+                label = f"round {round_ - warmup + 1}/{steps}" if timed else f"warm-up {round_ + 1}/{warmup}"
+                times = "  ".join(f"{name} {this_round[name] * 1e3:.1f}" for name in names)
+                progress(f"{label}: {times} ms")
+    return {name: Timing(tuple(values)) for name, values in seconds.items()}
+
+
+def memory_bandwidth(device: torch.device, *, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Sustained memory bandwidth in bytes per second: see the module docstring."""
+    a = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    b = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    kernels = (  # each with the bytes it moves
+        (lambda: a.add_(b, alpha=1e-6), 3 * a.nbytes),
+        (lambda: a.copy_(b), 2 * a.nbytes),
+    )
+    best = 0.0
+    for kernel, moved in kernels:
+        kernel()  # first touch: page faults are not bandwidth
+        for _ in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            kernel()
+            synchronize(device)
+            best = max(best, moved / (time.perf_counter() - start))
+    return best
+
+
+def peak_extra_bytes(step: Stepper, device: torch.device) -> int:
+    """Peak bytes allocated on ``device`` during one call of ``step``, above its start: see above."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keep the profiler's start/stop lines off stderr
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with profile(activities=activities, profile_memory=True) as prof:
+        step()
+        synchronize(device)
+    device_type = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
+    changes = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]" and event.device_type() == device_type
+    )
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@contextmanager
+def _gc_disabled() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -1,0 +1,90 @@
+"""The optimizer configurations the tests (and benchmarks) run: torch's own, from
+``optim_db``, plus ours. One ``Case`` each; parity tests cross them with dtypes and layouts."""
+
+import dataclasses
+import re
+from typing import Any
+
+import torch
+from torch.testing._internal.common_optimizers import optim_db
+
+import wrappers
+
+# Our wrapper for each torch.optim class that has one.
+OURS = {
+    torch.optim.Adam: wrappers.Adam,
+    torch.optim.AdamW: wrappers.AdamW,
+    torch.optim.RAdam: wrappers.RAdam,
+    torch.optim.SGD: wrappers.SGD,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    ours: type
+    reference: type  # the torch.optim class
+    kwargs: dict[str, Any]
+    desc: str
+    # Our op order equals torch's for-loop path (foreach=False, the CPU default), so results
+    # are bitwise equal; False where only torch's foreach path shares our order (RAdam).
+    exact_forloop: bool = True
+    # Written on a case whose numbers differ from torch's by more than rounding order.
+    tolerance: dict[str, float] | None = None
+    reason: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.reference.__name__}-{re.sub(r'[^A-Za-z0-9]+', '_', self.desc)}"
+
+    def torch_modes(self, dtype: torch.dtype) -> dict[str, bool]:
+        """torch's implementations to compare with, each mapped to 'bitwise equal expected'.
+
+        Our kernels run torch's foreach op sequence. On CPU, torch's for-loop path runs the
+        same ops one tensor at a time, which rounds identically in fp32 and fp64 but not in
+        bf16, where foreach ops keep scalars in fp32 (torch's two paths differ there too).
+        """
+        low_precision = dtype in (torch.bfloat16, torch.float16)
+        modes = {"forloop": self.exact_forloop and not low_precision}
+        # torch.optim.Adam refuses a tensor lr with foreach=True
+        if not (isinstance(self.kwargs.get("lr"), torch.Tensor) and issubclass(self.reference, torch.optim.Adam)):
+            # RAdam's unrectified step: torch multiplies by a buffer holding lr/(1-beta1^t),
+            # rounded to bf16; we keep that scalar in fp32 (add with alpha)
+            modes["foreach"] = not (low_precision and self.reference is torch.optim.RAdam)
+        return modes
+
+
+# torch's for-loop RAdam computes the rectified step in another order than its foreach path.
+_FORLOOP_REORDERED = {torch.optim.RAdam}
+
+
+def _torch_cases() -> list[Case]:
+    cases = []
+    for info in optim_db:
+        ours = OURS.get(info.optim_cls)
+        if ours is None:
+            continue
+        for optim_input in info.optim_inputs_func(device="cpu"):
+            cases.append(Case(ours, info.optim_cls, optim_input.kwargs, optim_input.desc,
+                              exact_forloop=info.optim_cls not in _FORLOOP_REORDERED))
+    return cases
+
+
+_OUR_CASES = [
+    Case(wrappers.Adam, torch.optim.Adam, dict(weight_decay=0.1, decoupled_weight_decay=True), "decoupled"),
+    Case(wrappers.Adam, torch.optim.Adam, dict(lr=0.05, betas=(0.8, 0.9), eps=1e-6, amsgrad=True,
+                                               maximize=True), "amsgrad maximize betas"),
+    Case(wrappers.Adam, torch.optim.Adam, dict(lr=torch.tensor(0.01)), "tensor lr", exact_forloop=False,
+         tolerance=dict(rtol=1e-6, atol=1e-6),
+         reason="torch computes lr/(1-beta1^t) in float32 when lr is a tensor; we compute it in double"),
+    Case(wrappers.AdamW, torch.optim.AdamW, dict(weight_decay=0.3, amsgrad=True, maximize=True),
+         "amsgrad maximize"),
+    Case(wrappers.RAdam, torch.optim.RAdam, dict(lr=0.05, betas=(0.5, 0.6)), "early rectification",
+         exact_forloop=False),
+    Case(wrappers.RAdam, torch.optim.RAdam, dict(weight_decay=0.1, decoupled_weight_decay=True,
+                                                 maximize=True), "decoupled maximize", exact_forloop=False),
+    Case(wrappers.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.5, nesterov=True), "nesterov no decay"),
+    Case(wrappers.SGD, torch.optim.SGD, dict(momentum=0.9, dampening=0.3, weight_decay=0.2, maximize=True),
+         "dampening decay maximize"),
+]
+
+CASES: list[Case] = _torch_cases() + _OUR_CASES

@@ -1,0 +1,83 @@
+"""Building blocks the tests share: parameter sets with awkward layouts, gradient streams,
+and comparing two optimizers' params and state."""
+
+import torch
+from torch.testing import assert_close
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+# Where op order differs from the reference, results agree to rounding: a few ulps of the
+# dtype, accumulated over the steps run. Cases whose op order matches are compared exactly.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=1e-6, atol=1e-6),
+}
+# bf16 keeps 8 significant bits: one rounding apart per step drifts by a few ulps *of the
+# tensor's scale* (momentum buffers reach ~8, where an ulp is 0.06), so atol scales with it.
+LOW_PRECISION_ULPS = 4
+EXACT = dict(rtol=0, atol=0)
+
+
+def tolerance(dtype: torch.dtype, exact: bool, reference: torch.Tensor | None = None) -> dict:
+    if exact:
+        return EXACT
+    if dtype in TOLERANCES:
+        return TOLERANCES[dtype]
+    scale = 1.0 if reference is None else max(1.0, reference.abs().max().item())
+    return dict(rtol=1.6e-2, atol=LOW_PRECISION_ULPS * torch.finfo(dtype).eps * scale)
+
+# (shape, layout): what models have, plus 0-d and non-contiguous params.
+LAYOUTS = [((4, 5), "contiguous"), ((7,), "contiguous"), ((), "contiguous"), ((6, 3), "transposed"),
+           ((5,), "strided")]
+
+
+def _with_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
+    """A fresh tensor equal to ``values`` laid out as asked (clone would make it contiguous)."""
+    if layout == "transposed":
+        out = torch.empty(values.shape[::-1], dtype=values.dtype).t()
+    elif layout == "strided":
+        out = torch.empty(values.shape[0] * 2, dtype=values.dtype)[::2]
+    else:
+        out = torch.empty(values.shape, dtype=values.dtype)
+    return out.copy_(values)
+
+
+def make_param_values(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype) for shape, _ in LAYOUTS]
+
+
+def make_params(values: list[torch.Tensor]) -> list[torch.nn.Parameter]:
+    """Independent parameters equal to ``values``, each in its layout from LAYOUTS."""
+    params = [torch.nn.Parameter(_with_layout(v, layout)) for v, (_, layout) in zip(values, LAYOUTS)]
+    assert not params[3].is_contiguous() and not params[4].is_contiguous()
+    return params
+
+
+def make_grads(values: list[torch.Tensor], step: int, seed: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed * 10_000 + step)
+    return [torch.randn(v.shape, generator=generator, dtype=torch.float64).to(v.dtype) for v in values]
+
+
+def assert_same_state(ours: torch.optim.Optimizer, reference: torch.optim.Optimizer, exact: bool,
+                      override: dict | None = None) -> None:
+    """Params, state keys and every state tensor of two optimizers over the same params, in order.
+
+    Bitwise equal when ``exact``; else within ``override`` or the dtype's rounding tolerance.
+    """
+    ours_params = [p for g in ours.param_groups for p in g["params"]]
+    reference_params = [p for g in reference.param_groups for p in g["params"]]
+
+    def check(mine, theirs, what):
+        tol = override if override and not exact else tolerance(theirs.dtype, exact, theirs)
+        assert_close(mine, theirs, **tol, msg=lambda m: f"{what}: {m}")
+
+    for index, (mine, theirs) in enumerate(zip(ours_params, reference_params, strict=True)):
+        check(mine, theirs, f"param {index}")
+        mine_state, their_state = ours.state.get(mine, {}), reference.state.get(theirs, {})
+        assert mine_state.keys() == their_state.keys(), f"param {index}: state keys differ"
+        for key, value in their_state.items():
+            if key == "step":  # a count: always exact
+                assert_close(mine_state[key], value, **EXACT, msg=lambda m: f"param {index} step: {m}")
+            else:
+                check(mine_state[key], value, f"param {index} {key}")

@@ -1,0 +1,125 @@
+"""Plain per-tensor reference rules, written from the papers to be read, not to be fast.
+
+Each function updates one parameter tensor (and its state dict) in place with ordinary tensor
+ops: no foreach, no grouping, no shared helpers from :mod:`optkernels`. The kernels are tested
+against these.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def adabelief_reference(
+    param: Tensor,
+    grad: Tensor,
+    state: dict,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-16,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    decoupled_weight_decay: bool = True,
+    fixed_decay: bool = False,
+    rectify: bool = True,
+    degenerated_to_sgd: bool = True,
+    maximize: bool = False,
+) -> None:
+    r"""One AdaBelief step on one tensor, in place on ``param`` and ``state``; ``grad`` is not changed.
+
+    ``state`` holds ``step`` (a Python int, the number of steps taken so far), ``exp_avg`` (m),
+    ``exp_avg_var`` (s) and, with ``amsgrad``, ``max_exp_avg_var``; missing entries start at zero.
+
+    Algorithm 2 of the paper, with :math:`t` the step count after this update:
+
+    .. math::
+        g_t &= \pm\nabla f(\theta_{t-1})        && \text{(minus when maximizing)} \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t \\
+        s_t &= \beta_2 s_{t-1} + (1-\beta_2) (g_t - m_t)^2 + \epsilon \\
+        \hat m_t &= m_t / (1-\beta_1^t) \qquad \hat s_t = s_t / (1-\beta_2^t) \\
+        \theta_t &= \theta_{t-1} - \alpha\, \hat m_t / (\sqrt{\hat s_t} + \epsilon)
+
+    :math:`\epsilon` is added into :math:`s_t` itself, so it accumulates over the steps: the
+    paper's main text writes it so, its author confirmed that form is the intended one
+    (Adabelief-Optimizer issue #61), and the official code does it with an in-place ``add_``.
+
+    AMSGrad uses :math:`\max(\hat s_{t-1}, s_t)` (the maximum of the s_t that include eps) in
+    place of :math:`s_t` in the unrectified update, as the official code does.
+
+    Rectification (``rectify=True``) is RAdam's (Liu et al., ICLR 2020, Algorithm 2), with the
+    official package's more conservative threshold :math:`\rho_t \ge 5` (RAdam's paper: > 4):
+
+    .. math::
+        \rho_\infty = \frac{2}{1-\beta_2} - 1 \qquad
+        \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1-\beta_2^t} \qquad
+        r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}
+
+    - :math:`\rho_t \ge 5`: :math:`\theta_t = \theta_{t-1} - \alpha r_t \frac{\sqrt{1-\beta_2^t}}
+      {1-\beta_1^t} \frac{m_t}{\sqrt{s_t} + \epsilon}`. As in the official code, this step
+      reads :math:`s_t`, never the AMSGrad maximum, and adds eps to :math:`\sqrt{s_t}` before
+      the bias correction, not after.
+    - :math:`\rho_t < 5` and ``degenerated_to_sgd``: SGD with momentum,
+      :math:`\theta_t = \theta_{t-1} - \alpha \hat m_t`.
+    - :math:`\rho_t < 5` otherwise: the parameter does not move (the state still updates).
+
+    Weight decay, applied before the moments are updated:
+
+    - coupled (``decoupled_weight_decay=False``, an L2 penalty): :math:`g_t \leftarrow g_t +
+      \lambda \theta_{t-1}`, after the sign flip of ``maximize`` (torch.optim's order);
+    - decoupled (AdamW): :math:`\theta_{t-1} \leftarrow (1 - \alpha\lambda)\,\theta_{t-1}`;
+    - fixed (decoupled, ``fixed_decay=True``): :math:`\theta_{t-1} \leftarrow (1-\lambda)\,\theta_{t-1}`.
+
+    Differences from adabelief-pytorch 0.2.1, none of which changes the numbers for fp32 and
+    fp64 tensors: the official code adds the coupled decay into ``p.grad`` in place (here a new
+    tensor), computes fp16 params in fp32 (here in the tensor's own dtype), has no ``maximize``,
+    and multiplies params by ``1 - lr * 0`` when decoupled decay is off (here nothing).
+
+    References: J. Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
+    Observed Gradients", NeurIPS 2020, Algorithm 2 (https://arxiv.org/abs/2010.07468); the
+    official ``adabelief-pytorch`` 0.2.1 (``adabelief_pytorch/AdaBelief.py``); L. Liu et al.,
+    "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020 (rectification).
+    """
+    beta1, beta2 = betas
+    state.setdefault("step", 0)
+    state.setdefault("exp_avg", torch.zeros_like(param, memory_format=torch.preserve_format))
+    state.setdefault("exp_avg_var", torch.zeros_like(param, memory_format=torch.preserve_format))
+    if amsgrad:
+        state.setdefault("max_exp_avg_var", torch.zeros_like(param, memory_format=torch.preserve_format))
+    state["step"] += 1
+    t = state["step"]
+    m, s = state["exp_avg"], state["exp_avg_var"]
+
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if not decoupled_weight_decay:
+            g = g.add(param, alpha=weight_decay)  # L2 penalty: g + lambda * theta
+        elif fixed_decay:
+            param.mul_(1 - weight_decay)
+        else:
+            param.mul_(1 - lr * weight_decay)
+
+    m.mul_(beta1).add_(g, alpha=1 - beta1)  # m_t
+    residual = g - m  # g_t - m_t
+    s.mul_(beta2).addcmul_(residual, residual, value=1 - beta2).add_(eps)  # s_t, eps included
+    if amsgrad:
+        torch.maximum(state["max_exp_avg_var"], s, out=state["max_exp_avg_var"])
+
+    bias_correction1 = 1 - beta1**t
+    bias_correction2 = 1 - beta2**t
+
+    if not rectify:
+        s_used = state["max_exp_avg_var"] if amsgrad else s
+        denom = s_used.sqrt() / math.sqrt(bias_correction2) + eps  # sqrt(s_hat) + eps
+        param.addcdiv_(m, denom, value=-lr / bias_correction1)
+        return
+
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+    if rho_t >= 5:
+        r_t = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        step_size = lr * r_t * math.sqrt(bias_correction2) / bias_correction1
+        param.addcdiv_(m, s.sqrt() + eps, value=-step_size)
+    elif degenerated_to_sgd:
+        param.add_(m, alpha=-lr / bias_correction1)  # theta - lr * m_hat
