@@ -1,0 +1,240 @@
+"""``optkernels.adabelief_update`` (with ``weight_decay_l2`` in front) against the per-tensor
+reference of the paper, ``tests.reference.adabelief_reference``, for every combination of options.
+
+Where the kernel and the reference run the same ops in the same order, results must be equal
+bit for bit: that is every unrectified update. The rectified rule computes its step size from
+RAdam's formula for r_t in the reference and from the official code's expression in the kernel;
+the two round differently in the last bits of a Python float, so rectified runs are compared
+with a tolerance of a few ulps of the dtype (written below), never looser.
+"""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from optkernels import adabelief_update, weight_decay_l2
+from tests.reference import adabelief_reference
+
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-12, atol=1e-14),
+    torch.float32: dict(rtol=1e-6, atol=1e-7),
+}
+EXACT = dict(rtol=0, atol=0)
+
+# Tensors passed in one call: a matrix, a vector, a 0-d tensor, a transposed matrix, a strided
+# view and an empty tensor. State tensors get the same layout as their param.
+LAYOUTS = [((4, 5), "contiguous"), ((7,), "contiguous"), ((), "contiguous"), ((6, 3), "transposed"),
+           ((5,), "strided"), ((0,), "contiguous")]
+# Steps already taken by each tensor before the first call when `step` is given per tensor: in
+# one call some tensors are still in the SGD warm-up (rho_t < 5, steps 1-5 with beta2=0.999)
+# while others are rectified (step >= 6).
+STEP_OFFSETS = [0, 3, 5, 9, 1, 2]
+STEPS = 12  # crosses the rectification threshold: rho_t >= 5 first at step 6 for beta2=0.999
+LR = 1e-2
+# eps comparable to s_t (about (1 - beta2) g^2), so where eps goes and its accumulation in s_t
+# change the numbers far beyond the tolerances.
+EPS = 1e-4
+WEIGHT_DECAY = 0.05
+DECAY_MODES = {
+    "no-decay": dict(weight_decay=0.0, decoupled_weight_decay=True, fixed_decay=False),
+    "coupled": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=False, fixed_decay=False),
+    "decoupled": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=False),
+    "fixed": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=True),
+}
+
+
+def laid_out(values: torch.Tensor, layout: str) -> torch.Tensor:
+    """A new tensor equal to ``values`` in the given layout."""
+    if layout == "transposed":
+        out = torch.empty(values.shape[::-1], dtype=values.dtype).t()
+    elif layout == "strided":
+        out = torch.empty(values.shape[0] * 2, dtype=values.dtype)[::2]
+    else:
+        out = torch.empty(values.shape, dtype=values.dtype)
+    return out.copy_(values)
+
+
+def same_layout_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy with the same strides (``clone`` makes non-dense tensors contiguous), so that the
+    reference runs elementwise ops over the same memory layout as the kernel."""
+    return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype).copy_(tensor)
+
+
+def random_tensors(dtypes, seed: int, layouts=LAYOUTS) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [laid_out(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype), layout)
+            for (shape, layout), dtype in zip(layouts, dtypes)]
+
+
+class Run:
+    """The kernel's tensors and, beside them, the reference's copies of the same tensors."""
+
+    def __init__(self, dtypes, *, amsgrad, step_offsets, layouts=LAYOUTS):
+        self.dtypes, self.layouts, self.amsgrad = dtypes, layouts, amsgrad
+        self.params = random_tensors(dtypes, seed=0, layouts=layouts)
+        self.initial = [same_layout_copy(p) for p in self.params]
+        self.exp_avgs = [torch.zeros_like(p).copy_(0) for p in self.params]
+        self.exp_avg_vars = [torch.zeros_like(p) for p in self.params]
+        self.max_exp_avg_vars = [torch.zeros_like(p) for p in self.params] if amsgrad else None
+        self.ref_params = [same_layout_copy(p) for p in self.params]
+        self.ref_states = []
+        for index, param in enumerate(self.params):
+            state = {"step": step_offsets[index], "exp_avg": same_layout_copy(self.exp_avgs[index]),
+                     "exp_avg_var": same_layout_copy(self.exp_avg_vars[index])}
+            if amsgrad:
+                state["max_exp_avg_var"] = same_layout_copy(self.max_exp_avg_vars[index])
+            self.ref_states.append(state)
+
+    def grads(self, call: int) -> list[torch.Tensor]:
+        return random_tensors(self.dtypes, seed=1000 + call, layouts=self.layouts)
+
+    def step(self, call: int, step, *, lr, beta1, beta2, eps, rectify, degenerated_to_sgd, weight_decay,
+             decoupled_weight_decay, fixed_decay) -> None:
+        """One kernel call and one reference step per tensor, on the same gradients; checks that
+        neither changed the gradients."""
+        grads = self.grads(call)
+        grads_before = [same_layout_copy(g) for g in grads]
+        kernel_grads = weight_decay_l2(self.params, grads, weight_decay=weight_decay, lr=lr,
+                                       decoupled=decoupled_weight_decay, fixed=decoupled_weight_decay and fixed_decay)
+        adabelief_update(self.params, kernel_grads, self.exp_avgs, self.exp_avg_vars, self.max_exp_avg_vars,
+                         step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, rectify=rectify,
+                         degenerated_to_sgd=degenerated_to_sgd)
+        for grad, before in zip(grads, grads_before):
+            assert torch.equal(grad, before) and grad.stride() == before.stride(), "the kernel changed a grad"
+        for param, grad, state in zip(self.ref_params, grads, self.ref_states):
+            adabelief_reference(param, grad, state, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
+                                amsgrad=self.amsgrad, decoupled_weight_decay=decoupled_weight_decay,
+                                fixed_decay=fixed_decay, rectify=rectify, degenerated_to_sgd=degenerated_to_sgd)
+        for grad, before in zip(grads, grads_before):
+            assert torch.equal(grad, before), "the reference changed a grad"
+
+    def assert_matches_reference(self, tolerance: dict, where: str) -> None:
+        for index, (param, state) in enumerate(zip(self.params, self.ref_states)):
+            mine = {"param": param, "exp_avg": self.exp_avgs[index], "exp_avg_var": self.exp_avg_vars[index]}
+            theirs = {"param": self.ref_params[index], "exp_avg": state["exp_avg"],
+                      "exp_avg_var": state["exp_avg_var"]}
+            if self.amsgrad:
+                mine["max_exp_avg_var"] = self.max_exp_avg_vars[index]
+                theirs["max_exp_avg_var"] = state["max_exp_avg_var"]
+            for name, tensor in mine.items():
+                assert tensor.dtype == theirs[name].dtype and tensor.stride() == theirs[name].stride()
+                assert_close(tensor, theirs[name], **tolerance,
+                             msg=lambda m: f"{where}, tensor {index} {LAYOUTS[index]}, {name}: {m}")
+
+
+def step_argument(kind: str, call: int, offsets: list[int]):
+    """`step` as the kernel takes it: one int, or one value per tensor (0-d float32 tensors as
+    torch.optim keeps them, or ints)."""
+    if kind == "int":
+        return call
+    if kind == "tensors":
+        return [torch.tensor(float(call + offset)) for offset in offsets]
+    return [call + offset for offset in offsets]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("step_kind", ["int", "tensors"], ids=["step-int", "step-per-tensor"])
+@pytest.mark.parametrize("beta2", [0.999, 0.5], ids=["beta2=0.999", "beta2=0.5-never-rectified"])
+@pytest.mark.parametrize("decay", list(DECAY_MODES))
+@pytest.mark.parametrize("degenerated_to_sgd", [True, False], ids=["sgd-warmup", "no-sgd-warmup"])
+@pytest.mark.parametrize("rectify", [True, False], ids=["rectified", "unrectified"])
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adabelief", "amsgrad"])
+def test_matches_reference(amsgrad, rectify, degenerated_to_sgd, decay, beta2, step_kind, dtype):
+    offsets = STEP_OFFSETS if step_kind == "tensors" else [0] * len(LAYOUTS)
+    run = Run([dtype] * len(LAYOUTS), amsgrad=amsgrad, step_offsets=offsets)
+    tolerance = TOLERANCES[dtype] if rectify else EXACT
+    for call in range(1, STEPS + 1):
+        run.step(call, step_argument(step_kind, call, offsets), lr=LR, beta1=0.9, beta2=beta2, eps=EPS,
+                 rectify=rectify, degenerated_to_sgd=degenerated_to_sgd, **DECAY_MODES[decay])
+        run.assert_matches_reference(tolerance, where=f"call {call}")
+    # Every param moves, except where nothing can move it: no update ever (rectify without the SGD
+    # warm-up, and beta2=0.5 never reaches rho_t >= 5) and no decay applied to the param itself.
+    frozen = rectify and not degenerated_to_sgd and beta2 == 0.5 and decay in ("no-decay", "coupled")
+    for param, initial in zip(run.params, run.initial):
+        assert param.numel() == 0 or torch.equal(param, initial) == frozen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("rectify", [True, False], ids=["rectified", "unrectified"])
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adabelief", "amsgrad"])
+def test_default_hyperparameters_match_reference(amsgrad, rectify, dtype):
+    """The package defaults (lr=1e-3, eps=1e-16, no weight decay), where eps is negligible."""
+    run = Run([dtype] * len(LAYOUTS), amsgrad=amsgrad, step_offsets=STEP_OFFSETS)
+    for call in range(1, STEPS + 1):
+        run.step(call, step_argument("tensors", call, STEP_OFFSETS), lr=1e-3, beta1=0.9, beta2=0.999,
+                 eps=1e-16, rectify=rectify, degenerated_to_sgd=True, **DECAY_MODES["no-decay"])
+        run.assert_matches_reference(TOLERANCES[dtype] if rectify else EXACT, where=f"call {call}")
+
+
+@pytest.mark.parametrize("rectify", [True, False], ids=["rectified", "unrectified"])
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adabelief", "amsgrad"])
+def test_mixed_dtypes_in_one_call(amsgrad, rectify):
+    """fp32 and fp64 tensors, with different step counts, in one call: grouped by the kernel."""
+    dtypes = [torch.float32, torch.float64, torch.float64, torch.float32, torch.float64, torch.float32]
+    run = Run(dtypes, amsgrad=amsgrad, step_offsets=STEP_OFFSETS)
+    for call in range(1, STEPS + 1):
+        run.step(call, step_argument("tensors", call, STEP_OFFSETS), lr=LR, beta1=0.9, beta2=0.999, eps=EPS,
+                 rectify=rectify, degenerated_to_sgd=True, **DECAY_MODES["coupled"])
+        for index, dtype in enumerate(dtypes):
+            tolerance = TOLERANCES[dtype] if rectify else EXACT
+            assert_close(run.params[index], run.ref_params[index], **tolerance)
+            assert_close(run.exp_avg_vars[index], run.ref_states[index]["exp_avg_var"], **tolerance)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adabelief", "amsgrad"])
+def test_step_forms_agree(amsgrad):
+    """One int, a list of equal ints, and a list of equal 0-d tensors give the same bits."""
+    runs = {kind: Run([torch.float64] * len(LAYOUTS), amsgrad=amsgrad, step_offsets=[0] * len(LAYOUTS))
+            for kind in ("int", "ints", "tensors")}
+    for call in range(1, STEPS + 1):
+        for kind, run in runs.items():
+            run.step(call, step_argument(kind, call, [0] * len(LAYOUTS)), lr=LR, beta1=0.9, beta2=0.999,
+                     eps=EPS, rectify=True, degenerated_to_sgd=True, **DECAY_MODES["decoupled"])
+    for run in (runs["ints"], runs["tensors"]):
+        for mine, theirs in zip(run.params + run.exp_avg_vars, runs["int"].params + runs["int"].exp_avg_vars):
+            assert_close(mine, theirs, **EXACT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("decay", ["no-decay", "coupled", "decoupled"])
+@pytest.mark.parametrize("degenerated_to_sgd", [True, False], ids=["sgd-warmup", "no-sgd-warmup"])
+@pytest.mark.parametrize("rectify", [True, False], ids=["rectified", "unrectified"])
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adabelief", "amsgrad"])
+def test_zero_lr_leaves_params_unchanged(amsgrad, rectify, degenerated_to_sgd, decay, dtype):
+    """lr=0 moves no param (fixed decay is left out: it scales by 1 - weight_decay whatever lr)."""
+    run = Run([dtype] * len(LAYOUTS), amsgrad=amsgrad, step_offsets=STEP_OFFSETS)
+    for call in range(1, STEPS + 1):
+        run.step(call, step_argument("tensors", call, STEP_OFFSETS), lr=0.0, beta1=0.9, beta2=0.999, eps=EPS,
+                 rectify=rectify, degenerated_to_sgd=degenerated_to_sgd, **DECAY_MODES[decay])
+    for param, initial, exp_avg in zip(run.params, run.initial, run.exp_avgs):
+        assert torch.equal(param, initial)
+        assert exp_avg.numel() == 0 or exp_avg.abs().sum() > 0, "the state should still be updated"
+
+
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adabelief", "amsgrad"])
+def test_no_update_before_rectification_without_sgd_warmup(amsgrad):
+    """rectify and not degenerated_to_sgd: params stay put while rho_t < 5 (steps 1-5 for
+    beta2=0.999) and move from step 6; with beta2=0.5, rho_t < rho_inf = 3 never reaches 5."""
+    for beta2, first_move in ((0.999, 6), (0.5, None)):
+        run = Run([torch.float64] * len(LAYOUTS), amsgrad=amsgrad, step_offsets=[0] * len(LAYOUTS))
+        for call in range(1, STEPS + 1):
+            before = [same_layout_copy(p) for p in run.params]
+            run.step(call, call, lr=LR, beta1=0.9, beta2=beta2, eps=EPS, rectify=True, degenerated_to_sgd=False,
+                     **DECAY_MODES["no-decay"])
+            moved = [not torch.equal(p, b) for p, b in zip(run.params, before) if p.numel()]
+            if first_move is None or call < first_move:
+                assert not any(moved), f"beta2={beta2}: a param moved at step {call}"
+            else:
+                assert all(moved), f"beta2={beta2}: a param did not move at step {call}"
+        assert run.exp_avg_vars[0].min() > 0
+
+
+def test_tensor_lr_equals_float_lr():
+    """A 0-d tensor lr (as torch.optim accepts) gives the same bits as the float."""
+    runs = [Run([torch.float32] * len(LAYOUTS), amsgrad=True, step_offsets=[0] * len(LAYOUTS)) for _ in range(2)]
+    for call in range(1, STEPS + 1):
+        for run, lr in zip(runs, (torch.tensor(LR, dtype=torch.float64), LR)):
+            run.step(call, call, lr=lr, beta1=0.9, beta2=0.999, eps=EPS, rectify=True, degenerated_to_sgd=True,
+                     **DECAY_MODES["no-decay"])
+    for mine, theirs in zip(runs[0].params, runs[1].params):
+        assert torch.equal(mine, theirs)
