@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.testing._internal.common_optimizers import optim_db
 
+import optkernels
 import wrappers
 
 # Our wrapper for each torch.optim class that has one.
@@ -88,3 +89,29 @@ _OUR_CASES = [
 ]
 
 CASES: list[Case] = _torch_cases() + _OUR_CASES
+
+
+# The kernels called as a user calls them: ``call(params, grads, states, step, lr)`` with
+# ``states`` one list per state tensor the kernel keeps (SGD's starts as ``None`` entries).
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    name: str
+    state_count: int
+    call: Any
+    zero_state: bool = True  # False: state lists start as None entries
+
+
+KERNELS = [
+    Kernel("adam", 2, lambda p, g, s, step, lr: optkernels.adam_update(p, g, *s, step=step, lr=lr)),
+    Kernel("amsgrad", 3, lambda p, g, s, step, lr: optkernels.adam_update(p, g, *s, step=step, lr=lr)),
+    Kernel("radam", 2, lambda p, g, s, step, lr: optkernels.radam_update(p, g, *s, step=step, lr=lr,
+                                                                          beta2=0.9)),
+    Kernel("adabelief", 2, lambda p, g, s, step, lr: optkernels.adabelief_update(p, g, *s, step=step, lr=lr)),
+    Kernel("adabelief-amsgrad-unrectified", 3,
+           lambda p, g, s, step, lr: optkernels.adabelief_update(p, g, *s, step=step, lr=lr, rectify=False)),
+    Kernel("sgd", 0, lambda p, g, s, step, lr: optkernels.sgd_update(p, g, lr=lr)),
+    Kernel("sgd-nesterov", 1, lambda p, g, s, step, lr: optkernels.sgd_update(
+        p, g, *s, lr=lr, momentum=0.9, nesterov=True), zero_state=False),
+    Kernel("sgd-dampening", 1, lambda p, g, s, step, lr: optkernels.sgd_update(
+        p, g, *s, lr=lr, momentum=0.5, dampening=0.3), zero_state=False),
+]
