@@ -7,8 +7,6 @@ import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-from ._validation import step_values
-
 TensorLists = list[list[Tensor] | None]
 
 
@@ -28,11 +26,13 @@ def sma_length(beta2: float, step: float) -> tuple[float, float]:
     return rho_t, rho_inf
 
 
-def grouped(tensor_lists: Sequence[Sequence[Tensor] | None], step=None) -> Iterator[tuple[TensorLists, float | None]]:
+def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
+            steps: Sequence[float] | None = None) -> Iterator[tuple[TensorLists, float | None]]:
     """Split parallel tensor lists into groups of one device, dtype and step count.
 
     Yields ``(lists, step)`` with ``lists`` in the order given (``None`` stays ``None``) and
-    ``step`` the group's step count as a float (``None`` when no ``step`` was given). Complex
+    ``step`` the group's step count (``None`` when no ``steps`` are given: one value per
+    tensor, from :func:`step_values`). Complex
     tensors are viewed as real pairs, which every elementwise rule here treats correctly.
     The usual case (one device, one dtype, one step) yields the lists themselves.
     """
@@ -40,7 +40,6 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None], step=None) -> Itera
     params = tensor_lists[0]
     if not params:
         return
-    steps = None if step is None else step_values(step, len(params))
     groups = _group_tensors_by_device_and_dtype([list(tensor_lists[i]) for i in present], with_indices=True)
     for (device, dtype), (sublists, indices) in groups.items():
         full: TensorLists = [None] * len(tensor_lists)

@@ -56,16 +56,21 @@ def check_eps(eps) -> float:
     return check_nonnegative("eps", eps, label="epsilon value")
 
 
-def check_tensor_lists(**lists: Sequence[Tensor | None] | None) -> int:
+def check_tensor_lists(optional: tuple[str, ...] = (), fillable: tuple[str, ...] = (),
+                       **lists: Sequence[Tensor | None] | None) -> int:
     """Check that the named lists line up with the first one (the params).
 
-    Every list has the same length; every tensor has its param's shape, dtype and device
-    (``None`` entries are allowed where a kernel fills them in, as SGD's first momentum buffers);
-    no tensor is sparse. Returns the common length.
+    Every list has the same length; every tensor has its param's shape, dtype and device; no
+    tensor is sparse. A list named in ``optional`` may be ``None`` (AMSGrad's maxima when off);
+    one named in ``fillable`` may hold ``None`` entries, which the kernel fills in (SGD's first
+    momentum buffers). Returns the common length.
 
     The common case is checked with C-level ``map`` over attributes (a step on a thousand
     tensors pays for this every call); the slow loop runs only to name what is wrong.
     """
+    for name, lst in lists.items():
+        if lst is None and name not in optional:
+            raise TypeError(f"{name} must be a list of tensors, got None")
     (ref_name, ref), *others = [(name, lst) for name, lst in lists.items() if lst is not None]
     _check_is_list(ref_name, ref)
     if not all(map(isinstance, ref, repeat(Tensor))) or any(map(_is_sparse, ref)):
@@ -76,7 +81,7 @@ def check_tensor_lists(**lists: Sequence[Tensor | None] | None) -> int:
         if len(lst) != len(ref):
             raise ValueError(f"{name} has {len(lst)} tensors but {ref_name} has {len(ref)}")
         if any(map(is_, lst, repeat(None))):  # not `None in lst`: that calls Tensor.__eq__
-            _explain(name, lst, ref_name, ref)
+            _explain(name, lst, ref_name, ref, none_allowed=name in fillable)
             continue
         if ref_signature is None:
             ref_signature = _signature(ref)
@@ -99,10 +104,10 @@ def _check_is_list(name: str, lst) -> None:
         raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
 
 
-def _explain(name: str, lst: Sequence, ref_name: str, ref: Sequence[Tensor]) -> None:
+def _explain(name: str, lst: Sequence, ref_name: str, ref: Sequence[Tensor], none_allowed: bool = False) -> None:
     """Raise for the first entry of ``lst`` that does not match ``ref``, naming it."""
     for index, (tensor, param) in enumerate(zip(lst, ref)):
-        if tensor is None and lst is not ref:
+        if tensor is None and none_allowed:
             continue
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{name}[{index}] must be a Tensor, got {type(tensor).__name__}")

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._math import bias_correction, grouped, sma_length
-from ._validation import check_beta, check_eps, check_lr, check_tensor_lists
+from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
 
 def adabelief_update(
@@ -61,12 +61,13 @@ def adabelief_update(
     Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients", NeurIPS 2020; https://github.com/juntang-zhuang/Adabelief-Optimizer.
     """
-    check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_vars=exp_avg_vars,
-                       max_exp_avg_vars=max_exp_avg_vars)
+    count = check_tensor_lists(optional=("max_exp_avg_vars",), params=params, grads=grads, exp_avgs=exp_avgs,
+                               exp_avg_vars=exp_avg_vars, max_exp_avg_vars=max_exp_avg_vars)
+    steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     for (params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], step
+        [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps
     ):
         torch._foreach_mul_(exp_avgs_, beta1)                               # m_t
         torch._foreach_add_(exp_avgs_, grads_, alpha=1 - beta1)

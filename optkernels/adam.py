@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from ._math import bias_correction, grouped
-from ._validation import check_beta, check_eps, check_lr, check_tensor_lists
+from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
 
 def adam_update(
@@ -52,12 +52,13 @@ def adam_update(
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2014, Algorithm 1;
     Reddi et al., "On the Convergence of Adam and Beyond", 2018 (AMSGrad).
     """
-    check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
-                       max_exp_avg_sqs=max_exp_avg_sqs)
+    count = check_tensor_lists(optional=("max_exp_avg_sqs",), params=params, grads=grads, exp_avgs=exp_avgs,
+                               exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=max_exp_avg_sqs)
+    steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], step
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], steps
     ):
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         torch._foreach_mul_(exp_avg_sqs_, beta2)                            # v_t

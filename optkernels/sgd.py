@@ -37,7 +37,8 @@ def sgd_update(
     Reference: Sutskever et al., "On the importance of initialization and momentum in deep
     learning", ICML 2013; the formulation of torch.optim.SGD.
     """
-    check_tensor_lists(params=params, grads=grads, momentum_buffers=momentum_buffers)
+    check_tensor_lists(optional=("momentum_buffers",), fillable=("momentum_buffers",),
+                       params=params, grads=grads, momentum_buffers=momentum_buffers)
     lr = check_lr(lr)
     momentum = check_nonnegative("momentum", momentum)
     dampening = check_nonnegative("dampening", dampening)

@@ -56,6 +56,8 @@ class KernelOptimizer(Optimizer):
     counts_steps: ClassVar[bool] = True  # keeps state["step"], as torch.optim does
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
+        # Options first, as torch.optim does, so a bad lr is reported whatever params are.
+        self._check_options(defaults)
         if isinstance(params, (set, frozenset)):
             raise TypeError(
                 "params must be an ordered collection (a list), not a set: a set's order changes "
@@ -87,18 +89,24 @@ class KernelOptimizer(Optimizer):
     # --- the machinery -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if isinstance(param_group, dict):
-            merged = {**self.defaults, **param_group}
-            for name in TORCH_ONLY_SWITCHES:
-                if merged.get(name):
-                    raise UnsupportedOptionError(
-                        f"{name}=True is not supported by {type(self).__name__}: optkernels runs its "
-                        f"own foreach kernels; leave {name} unset or False"
-                    )
-            self._check_group(merged)
+            self._check_options({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
+    def _check_options(self, options: dict[str, Any]) -> None:
+        for name in TORCH_ONLY_SWITCHES:
+            if options.get(name):
+                raise UnsupportedOptionError(
+                    f"{name}=True is not supported by {type(self).__name__}: optkernels runs its "
+                    f"own foreach kernels; leave {name} unset or False"
+                )
+        self._check_group(options)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        defaults = state.get("defaults", getattr(self, "defaults", {}))
+        takes_differentiable = "differentiable" in defaults
         super().__setstate__(state)
+        if not takes_differentiable:  # torch's __setstate__ adds it; AdaBelief has no such option
+            self.defaults.pop("differentiable", None)
         for group in self.param_groups:
             for name, default in self.defaults.items():
                 group.setdefault(name, default)
@@ -164,7 +172,8 @@ class KernelOptimizer(Optimizer):
                 state[name].append(tensor)
             if new_state:
                 created.append((param, new_state))
-        check_tensor_lists(params=params, grads=grads, **{n: t for n, t in state.items() if n != "step"})
+        check_tensor_lists(fillable=tuple(kernel_made), params=params, grads=grads,
+                           **{name: tensors for name, tensors in state.items() if name != "step"})
         return params, grads, state, created, kernel_made
 
     def _new_state(self, name: str, param: Tensor) -> Tensor | None:

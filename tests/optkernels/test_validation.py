@@ -204,11 +204,6 @@ DISTINCT_KERNELS = [ADAM, RADAM, ADABELIEF, SGD_MOMENTUM, WD_COUPLED]
 REQUIRED_CASES = [(c, name) for c in DISTINCT_KERNELS for name in c.lists if name != "momentum_buffers"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: check_tensor_lists skips every list that is None, not just the optional ones, so a "
-    "required list passed as None is not rejected: a None params makes the call a silent no-op; "
-    "other positions fail later inside torch._foreach_* with a message that does not name the "
-    "argument, after earlier lists (exp_avgs) were already updated"))
 @pytest.mark.parametrize(("call", "name"), REQUIRED_CASES, ids=[f"{c.id}-{n}" for c, n in REQUIRED_CASES])
 def test_required_list_given_as_none(call, name):
     lists = call.make()
@@ -220,10 +215,6 @@ NONE_ENTRY_CASES = [(c, name) for c in DISTINCT_KERNELS for name in c.lists
                     if name not in ("params", "momentum_buffers")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: check_tensor_lists accepts a None entry in every list (meant for SGD's momentum_buffers "
-    "only); the kernel then fails inside torch._foreach_* with a message that does not name the "
-    "list, and for a state list after exp_avgs was already updated"))
 @pytest.mark.parametrize(("call", "name"), NONE_ENTRY_CASES, ids=[f"{c.id}-{n}" for c, n in NONE_ENTRY_CASES])
 def test_none_entry_outside_momentum_buffers(call, name):
     lists = call.make()
@@ -271,10 +262,6 @@ def test_bad_step(call, bad):
     expect_error(call, call.make(), errors, named("step"), step=value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: step=None is taken as 'no step given' by _math.grouped, so the step-based kernels update "
-    "exp_avgs and exp_avg_sqs/exp_avg_vars and then fail on `beta ** None` with a TypeError that "
-    "does not name step"))
 @pytest.mark.parametrize("call", STEP_KERNELS, ids=_ids(STEP_KERNELS))
 def test_step_none_is_rejected(call):
     expect_error(call, call.make(), TypeError, named("step"), step=None)

@@ -618,11 +618,6 @@ def test_copy_keeps_group_keys(name, how):
     assert set(twin.defaults) == set(opt.defaults)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: KernelOptimizer.__setstate__ copies every entry of self.defaults into each group, after "
-    "torch.optim.Optimizer.__setstate__ has added defaults['differentiable'] = False; AdaBelief, "
-    "whose signature has no 'differentiable', gains a 'differentiable' key in defaults and in every "
-    "param group (and so in its state_dict) after deepcopy, pickle or load_state_dict"))
 @pytest.mark.parametrize("how", ["deepcopy", "pickle", "load_state_dict"])
 def test_adabelief_copy_keeps_group_keys(how):
     params = make_params()

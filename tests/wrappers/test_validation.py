@@ -184,8 +184,6 @@ def _torch_error_inputs():
 
 
 TORCH_ERROR_INPUTS = _torch_error_inputs()
-# our wrappers check these before looking at params, as torch does (the rest are checked per group)
-CHECKED_BEFORE_PARAMS = ("as a Tensor is not supported for capturable=False", "betas must be either both")
 
 
 def _construct_and_expect(cls, params, error):
@@ -223,14 +221,7 @@ def _verbatim_cases():
         name, error = case.values
         if error.optimizer_error_input.params is not None:
             continue  # identical to the test above
-        marks = ()
-        if not any(rule in error.error_regex for rule in CHECKED_BEFORE_PARAMS):
-            marks = pytest.mark.xfail(strict=True, reason=(
-                "BUG: KernelOptimizer validates hyperparameters in add_param_group, i.e. only after "
-                "torch.optim.Optimizer.__init__ has iterated params; torch validates them first, so "
-                "torch's optim_db entry with params=None raises TypeError('NoneType' object is not "
-                "iterable) here instead of the ValueError torch raises"))
-        yield pytest.param(name, error, id=case.id, marks=marks)
+        yield pytest.param(name, error, id=case.id)
 
 
 @pytest.mark.parametrize(("name", "error"), list(_verbatim_cases()))
