@@ -4,13 +4,14 @@ and comparing two optimizers' params and state."""
 import torch
 from torch.testing import assert_close
 
-DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.complex64]
 
 # Where op order differs from the reference, results agree to rounding: a few ulps of the
 # dtype, accumulated over the steps run. Cases whose op order matches are compared exactly.
 TOLERANCES = {
     torch.float64: dict(rtol=1e-12, atol=1e-12),
     torch.float32: dict(rtol=1e-6, atol=1e-6),
+    torch.complex64: dict(rtol=1e-6, atol=1e-6),
 }
 # bf16 keeps 8 significant bits: one rounding apart per step drifts by a few ulps *of the
 # tensor's scale* (momentum buffers reach ~8, where an ulp is 0.06), so atol scales with it.
@@ -42,9 +43,15 @@ def _with_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
     return out.copy_(values)
 
 
+def _randn(shape, generator, dtype: torch.dtype) -> torch.Tensor:
+    """Drawn in double precision, then rounded: every dtype sees the same numbers."""
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    return torch.randn(shape, generator=generator, dtype=wide).to(dtype)
+
+
 def make_param_values(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype) for shape, _ in LAYOUTS]
+    return [_randn(shape, generator, dtype) for shape, _ in LAYOUTS]
 
 
 def make_params(values: list[torch.Tensor]) -> list[torch.nn.Parameter]:
@@ -56,7 +63,7 @@ def make_params(values: list[torch.Tensor]) -> list[torch.nn.Parameter]:
 
 def make_grads(values: list[torch.Tensor], step: int, seed: int = 1) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed * 10_000 + step)
-    return [torch.randn(v.shape, generator=generator, dtype=torch.float64).to(v.dtype) for v in values]
+    return [_randn(v.shape, generator, v.dtype) for v in values]
 
 
 def assert_same_state(ours: torch.optim.Optimizer, reference: torch.optim.Optimizer, exact: bool,
