@@ -47,14 +47,17 @@ def adabelief_update(
             0 & \text{otherwise (no update)}
         \end{cases}
 
-    The numbers are those of the official ``adabelief-pytorch`` 0.2.1, which differs from the
-    paper's text in three ways, kept here: eps is added into :math:`s_t` in place each step
-    (the paper's Algorithm 2 writes the same); the rectified step uses :math:`s_t`, not the
-    AMSGrad maximum (the maximum is kept up to date but only the unrectified step reads it);
-    and the rectified step divides by :math:`\sqrt{s_t}+\epsilon` with :math:`\sqrt{1-\beta_2^t}`
-    folded into the step size. :math:`m_t` is updated as ``mul`` then ``add``, as there.
-    The official code's fp16 up-casting and its in-place change of ``grads`` (coupled weight
-    decay) are not copied: compose :func:`weight_decay_l2` in front instead.
+    The numbers are those of the official ``adabelief-pytorch`` 0.2.1 (its op order too, so
+    fp32 and fp64 results equal it bit for bit). As in the paper's Algorithm 2, eps is added
+    into :math:`s_t` each step (in place, so it accumulates). Where the official code goes
+    beyond or against the paper's text, we follow the code: the rectified step uses
+    :math:`s_t`, not the AMSGrad maximum (the maximum is kept up to date, but only the
+    unrectified step reads it); the rectified step divides by :math:`\sqrt{s_t}+\epsilon`
+    with :math:`\sqrt{1-\beta_2^t}` folded into the step size; :math:`m_t` is updated as
+    ``mul`` then ``add``. Not copied: its in-place change of ``grads`` for coupled weight decay
+    (compose :func:`weight_decay_l2` in front instead) and its fp16 up-casting: fp16 params are
+    computed in fp16, where the default ``eps=1e-16`` rounds to 0, so a zero gradient gives
+    0/0; use bf16 or fp32 params, or keep fp32 master weights.
 
     Mutates params, exp_avgs, exp_avg_vars (and max_exp_avg_vars). Never grads.
 

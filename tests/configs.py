@@ -41,7 +41,8 @@ class Case:
 
         Our kernels run torch's foreach op sequence. On CPU, torch's for-loop path runs the
         same ops one tensor at a time, which rounds identically in fp32 and fp64 but not in
-        bf16, where foreach ops keep scalars in fp32 (torch's two paths differ there too).
+        bf16, where torch's CPU foreach ops round a Python scalar to bf16 before using it and
+        its per-tensor ops do not (torch's own two paths differ there too).
 
         Complex params: torch's Adam and RAdam view them as real pairs before weight decay,
         its SGD works on them as complex numbers; our kernels view them as real and weight

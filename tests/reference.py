@@ -74,7 +74,7 @@ def adabelief_reference(
     Differences from adabelief-pytorch 0.2.1, none of which changes the numbers for fp32 and
     fp64 tensors: the official code adds the coupled decay into ``p.grad`` in place (here a new
     tensor), computes fp16 params in fp32 (here in the tensor's own dtype), has no ``maximize``,
-    and multiplies params by ``1 - lr * 0`` when decoupled decay is off (here nothing).
+    and with ``weight_decay=0`` still multiplies params by ``1 - lr * 0`` (here nothing).
 
     References: J. Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients", NeurIPS 2020, Algorithm 2 (https://arxiv.org/abs/2010.07468); the
@@ -83,10 +83,9 @@ def adabelief_reference(
     """
     beta1, beta2 = betas
     state.setdefault("step", 0)
-    state.setdefault("exp_avg", torch.zeros_like(param, memory_format=torch.preserve_format))
-    state.setdefault("exp_avg_var", torch.zeros_like(param, memory_format=torch.preserve_format))
-    if amsgrad:
-        state.setdefault("max_exp_avg_var", torch.zeros_like(param, memory_format=torch.preserve_format))
+    for name in ("exp_avg", "exp_avg_var") + (("max_exp_avg_var",) if amsgrad else ()):
+        if name not in state:
+            state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
     state["step"] += 1
     t = state["step"]
     m, s = state["exp_avg"], state["exp_avg_var"]
