@@ -6,11 +6,13 @@ least. A :class:`Variant` is one way of stepping it; :func:`build_steppers` buil
 variant available on a device, each on its own copy of the params and grads, so that variants
 timed side by side in one process never share a tensor.
 
-Adding an algorithm is one more :class:`Algorithm` in :data:`ALGORITHMS`.
+Adding an algorithm is one more :class:`Algorithm` in :data:`ALGORITHMS`; where torch.optim
+lacks it (AdaBelief) the torch variants drop out and the report shows no "x torch default".
+(A kernel that takes no ``step``, as SGD's, needs one more field here, read by ``_our_kernel``.)
 """
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,7 @@ from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 import wrappers
 from optkernels import adam_update
 
-Stepper = Callable[[], Any]
+from .measure import Stepper
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,9 @@ class Algorithm:
     wrapper: type[Optimizer]
     torch_class: type[Optimizer] | None         # None where torch.optim lacks the algorithm
     state_names: tuple[str, ...]                # the kernel's state lists, in its argument order
+    min_passes: int                             # tensor-sized reads + writes of an ideal one-pass update
     options: dict[str, Any] = field(default_factory=dict)         # constructor kwargs, torch and wrapper
     kernel_options: dict[str, Any] = field(default_factory=dict)  # the same values as the kernel names them
-    # Tensor-sized reads plus writes of an ideal single-pass update: the roofline's traffic.
-    min_passes: int = 0
 
     def min_bytes(self, numel: int, element_size: int) -> int:
         """Bytes one step must move at least over ``numel`` elements."""
@@ -50,9 +51,9 @@ ADAM = Algorithm(
     wrapper=wrappers.Adam,
     torch_class=torch.optim.Adam,
     state_names=("exp_avg", "exp_avg_sq"),
+    min_passes=7,  # reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq
     options=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8),
     kernel_options=dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8),
-    min_passes=7,  # reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq
 )
 
 ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (ADAM,)}
@@ -118,11 +119,12 @@ class Variant:
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("torch-forloop", "torch.optim, foreach=False", _torch_optimizer(foreach=False), _has_torch),
-    Variant("torch-foreach", "torch.optim, foreach=True", _torch_optimizer(foreach=True), _has_torch),
-    Variant("torch-fused", "torch.optim, fused=True", _torch_optimizer(fused=True), _has_torch_fused),
-    Variant("ours-functional", "optkernels kernel on lists, int step", _our_kernel, _always),
-    Variant("ours-wrapper", "wrappers class, .step()", _our_wrapper, _always),
+    Variant("torch-forloop", "the torch.optim class, foreach=False", _torch_optimizer(foreach=False), _has_torch),
+    Variant("torch-foreach", "the torch.optim class, foreach=True", _torch_optimizer(foreach=True), _has_torch),
+    Variant("torch-fused", "the torch.optim class, fused=True", _torch_optimizer(fused=True), _has_torch_fused),
+    Variant("ours-functional", "our optkernels function on the tensor lists, step as an int", _our_kernel,
+            _always),
+    Variant("ours-wrapper", "our wrappers class, .step()", _our_wrapper, _always),
 )
 
 
@@ -135,13 +137,17 @@ def torch_default_variant(device: torch.device) -> str:
     return "torch-foreach" if device.type in _get_foreach_kernels_supported_devices() else "torch-forloop"
 
 
-def build_steppers(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor],
-                   device: torch.device) -> dict[str, Stepper]:
-    """Every variant available on ``device``, by name, each stepping its own clones of the tensors."""
+def available_variants(algorithm: Algorithm, device: torch.device) -> list[Variant]:
+    return [variant for variant in VARIANTS if variant.available(algorithm, device)]
+
+
+def build_steppers(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor], device: torch.device,
+                   names: Collection[str] | None = None) -> dict[str, Stepper]:
+    """The variants available on ``device`` (those in ``names``, if given), each stepping its own clones."""
     return {
         variant.name: variant.build(algorithm, _clones(params), _clones(grads))
-        for variant in VARIANTS
-        if variant.available(algorithm, device)
+        for variant in available_variants(algorithm, device)
+        if names is None or variant.name in names
     }
 
 

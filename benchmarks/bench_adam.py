@@ -1,0 +1,24 @@
+"""One Adam step of every variant on every workload, with pytest-benchmark.
+
+Each test builds only its own variant, steps it once so the optimizer state exists, then times
+``step()``. The interleaved comparison with the roofline is ``python -m benchmarks.report``.
+"""
+
+import pytest
+
+from benchmarks.variants import ADAM, VARIANTS, build_steppers
+from benchmarks.workloads import WORKLOADS, get_workload
+
+
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+@pytest.mark.parametrize("variant_name", [variant.name for variant in VARIANTS])
+def test_adam_step(benchmark, bench_scale, device, workload_name, variant_name):
+    workload = get_workload(workload_name, bench_scale)
+    params, grads = workload.tensors(seed=0, device=device), workload.tensors(seed=1, device=device)
+    steppers = build_steppers(ADAM, params, grads, device, names=[variant_name])
+    if variant_name not in steppers:
+        pytest.skip(f"{variant_name} is not available for Adam on {device}")
+    step = steppers[variant_name]
+    step()  # creates the state, as the first step of training does
+    benchmark.extra_info.update(workload=workload.name, elements=workload.numel, tensors=len(workload.shapes))
+    benchmark(step)
