@@ -32,7 +32,7 @@ LAYOUTS = [((4, 5), "contiguous"), ((7,), "contiguous"), ((), "contiguous"), ((6
            ((5,), "strided")]
 
 
-def _with_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
+def laid_out(values: torch.Tensor, layout: str) -> torch.Tensor:
     """A fresh tensor equal to ``values`` laid out as asked (clone would make it contiguous)."""
     if layout == "transposed":
         out = torch.empty(values.shape[::-1], dtype=values.dtype).t()
@@ -41,6 +41,12 @@ def _with_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
     else:
         out = torch.empty(values.shape, dtype=values.dtype)
     return out.copy_(values)
+
+
+def same_layout_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy with the same strides (``clone`` makes non-dense tensors contiguous), so that
+    every run does its elementwise ops over the same memory layout."""
+    return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype).copy_(tensor)
 
 
 def _randn(shape, generator, dtype: torch.dtype) -> torch.Tensor:
@@ -56,7 +62,7 @@ def make_param_values(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
 
 def make_params(values: list[torch.Tensor]) -> list[torch.nn.Parameter]:
     """Independent parameters equal to ``values``, each in its layout from LAYOUTS."""
-    params = [torch.nn.Parameter(_with_layout(v, layout)) for v, (_, layout) in zip(values, LAYOUTS)]
+    params = [torch.nn.Parameter(laid_out(v, layout)) for v, (_, layout) in zip(values, LAYOUTS)]
     assert not params[3].is_contiguous() and not params[4].is_contiguous()
     return params
 

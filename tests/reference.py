@@ -122,3 +122,13 @@ def adabelief_reference(
         param.addcdiv_(m, s.sqrt() + eps, value=-step_size)
     elif degenerated_to_sgd:
         param.add_(m, alpha=-lr / bias_correction1)  # theta - lr * m_hat
+
+
+# The weight-decay options of AdaBelief, as keyword arguments of the wrapper and the reference.
+ADABELIEF_WEIGHT_DECAY = 0.05
+ADABELIEF_DECAY_MODES = {
+    "no-decay": dict(weight_decay=0.0, decoupled_weight_decay=True, fixed_decay=False),
+    "coupled": dict(weight_decay=ADABELIEF_WEIGHT_DECAY, decoupled_weight_decay=False, fixed_decay=False),
+    "decoupled": dict(weight_decay=ADABELIEF_WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=False),
+    "fixed": dict(weight_decay=ADABELIEF_WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=True),
+}

@@ -13,7 +13,8 @@ import torch
 from torch.testing import assert_close
 
 from optkernels import adabelief_update, weight_decay_l2
-from tests.reference import adabelief_reference
+from tests.helpers import laid_out, same_layout_copy
+from tests.reference import ADABELIEF_DECAY_MODES, adabelief_reference
 
 TOLERANCES = {
     torch.float64: dict(rtol=1e-12, atol=1e-14),
@@ -38,30 +39,9 @@ LR = 1e-2
 # eps comparable to s_t (about (1 - beta2) g^2), so where eps goes and its accumulation in s_t
 # change the numbers far beyond the tolerances.
 EPS = 1e-4
-WEIGHT_DECAY = 0.05
-DECAY_MODES = {
-    "no-decay": dict(weight_decay=0.0, decoupled_weight_decay=True, fixed_decay=False),
-    "coupled": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=False, fixed_decay=False),
-    "decoupled": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=False),
-    "fixed": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=True),
-}
+DECAY_MODES = ADABELIEF_DECAY_MODES
 
 
-def laid_out(values: torch.Tensor, layout: str) -> torch.Tensor:
-    """A new tensor equal to ``values`` in the given layout."""
-    if layout == "transposed":
-        out = torch.empty(values.shape[::-1], dtype=values.dtype).t()
-    elif layout == "strided":
-        out = torch.empty(values.shape[0] * 2, dtype=values.dtype)[::2]
-    else:
-        out = torch.empty(values.shape, dtype=values.dtype)
-    return out.copy_(values)
-
-
-def same_layout_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy with the same strides (``clone`` makes non-dense tensors contiguous), so that the
-    reference runs elementwise ops over the same memory layout as the kernel."""
-    return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype).copy_(tensor)
 
 
 def random_tensors(dtypes, seed: int, layouts=LAYOUTS) -> list[torch.Tensor]:

@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from tests.reference import adabelief_reference
+from tests.helpers import laid_out, same_layout_copy
+from tests.reference import ADABELIEF_DECAY_MODES, adabelief_reference
 from wrappers import AdaBelief
 
 TOLERANCES = {
@@ -40,13 +41,7 @@ PARAMS = [
 ]
 STEPS = 12  # crosses the rectification threshold
 EPS = 1e-4  # comparable to s_t, so where eps goes changes the numbers far beyond the tolerances
-WEIGHT_DECAY = 0.05
-DECAY_MODES = {
-    "no-decay": dict(weight_decay=0.0, decoupled_weight_decay=True, fixed_decay=False),
-    "coupled": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=False, fixed_decay=False),
-    "decoupled": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=False),
-    "fixed": dict(weight_decay=WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=True),
-}
+DECAY_MODES = ADABELIEF_DECAY_MODES
 
 with_amsgrad = pytest.mark.parametrize("amsgrad", [False, True], ids=["adabelief", "amsgrad"])
 with_rectify = pytest.mark.parametrize("rectify", [True, False], ids=["rectified", "unrectified"])
@@ -56,20 +51,6 @@ with_maximize = pytest.mark.parametrize("maximize", [False, True], ids=["minimiz
 with_dtype = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 
 
-def laid_out(values: torch.Tensor, layout: str) -> torch.Tensor:
-    """A new tensor equal to ``values`` in the given layout."""
-    if layout == "transposed":
-        out = torch.empty(values.shape[::-1], dtype=values.dtype).t()
-    elif layout == "strided":
-        out = torch.empty(values.shape[0] * 2, dtype=values.dtype)[::2]
-    else:
-        out = torch.empty(values.shape, dtype=values.dtype)
-    return out.copy_(values)
-
-
-def same_layout_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy with the same strides, so that every optimizer runs over the same memory layout."""
-    return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype).copy_(tensor)
 
 
 def make_params(dtype) -> list[torch.nn.Parameter]:
