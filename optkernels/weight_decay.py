@@ -25,8 +25,9 @@ def weight_decay_l2(
 
     Coupled returns new tensors ``grad + weight_decay * param`` and leaves params alone.
     Decoupled scales params in place (by ``1 - lr * weight_decay``, or ``1 - weight_decay``
-    when ``fixed``) and returns ``grads`` unchanged. ``grads`` is never mutated. With
-    ``weight_decay == 0`` nothing happens and ``grads`` is returned.
+    when ``fixed``, which is a decoupled decay by definition and needs no ``lr``) and returns
+    ``grads`` unchanged. ``grads`` is never mutated. With ``weight_decay == 0`` nothing happens
+    and ``grads`` is returned.
 
     Example (AdamW in two calls):
         >>> import torch
@@ -41,8 +42,7 @@ def weight_decay_l2(
     """
     check_tensor_lists(params=params, grads=grads)
     weight_decay = check_nonnegative("weight_decay", weight_decay)
-    if fixed and not decoupled:
-        raise ValueError("fixed=True needs decoupled=True (a fixed decay is applied to params)")
+    decoupled = decoupled or fixed
     if decoupled and not fixed:
         if lr is None:
             raise ValueError("lr is required for decoupled weight decay (or pass fixed=True)")

@@ -327,7 +327,6 @@ HPARAM_CASES += [
     (WD_DECOUPLED, "negative-lr", dict(lr=-0.5), ValueError, "lr"),
     (WD_DECOUPLED, "nan-lr", dict(lr=NAN), ValueError, "lr"),
     (WD_DECOUPLED, "missing-lr", dict(lr=None), ValueError, "lr"),
-    (WD_COUPLED, "fixed-without-decoupled", dict(fixed=True), ValueError, "fixed"),
 ]
 
 
