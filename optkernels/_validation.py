@@ -6,6 +6,7 @@ They run before anything is mutated, so a call that raises leaves params and sta
 import math
 from collections.abc import Sequence
 from itertools import repeat
+from numbers import Real
 from operator import attrgetter, is_
 
 from torch import Tensor
@@ -25,7 +26,7 @@ def as_float(value, name: str) -> float:
         if value.numel() != 1:
             raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
         return value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a number or a 1-element tensor, got {type(value).__name__}")
     return float(value)
 
@@ -127,7 +128,7 @@ def _explain(name: str, lst: Sequence, ref_name: str, ref: Sequence[Tensor], non
 
 def step_values(step, count: int) -> list[float]:
     """The step count of each tensor as floats: ``step`` is one int or 0-d tensor, or one per tensor."""
-    if isinstance(step, Tensor) and step.dim() == 0 or isinstance(step, (int, float)):
+    if isinstance(step, Tensor) and step.dim() == 0 or isinstance(step, Real):
         values = [_step_value(step, "step")] * count
     elif isinstance(step, Sequence) and not isinstance(step, (str, bytes)):
         if len(step) != count:
@@ -146,7 +147,7 @@ def _step_value(step, name: str) -> float:
         if step.numel() != 1:
             raise ValueError(f"{name} must be a 0-d tensor, got shape {tuple(step.shape)}")
         value = step.item()
-    elif isinstance(step, bool) or not isinstance(step, (int, float)):
+    elif isinstance(step, bool) or not isinstance(step, Real):
         raise TypeError(f"{name} must be an int or a 0-d tensor, got {type(step).__name__}")
     else:
         value = step
