@@ -26,6 +26,22 @@ def sma_length(beta2: float, step: float) -> tuple[float, float]:
     return rho_t, rho_inf
 
 
+def scale_(tensors: list[Tensor], factor: float) -> None:
+    """``tensors *= factor`` in place, rounding as ``Tensor.mul_`` does.
+
+    On CPU, ``torch._foreach_mul_`` with a Python scalar rounds the scalar to the tensors'
+    dtype first, which in bf16 and fp16 changes it (bf16(0.999) is 1.0: no decay at all);
+    ``Tensor.mul_`` and the other foreach ops keep it at fp32 precision. A 0-d double tensor
+    takes that path, so reduced-precision results equal torch.optim's default (for-loop) path.
+    """
+    if tensors and tensors[0].dtype in _ROUNDS_SCALARS and tensors[0].device.type == "cpu":
+        factor = torch.tensor(factor, dtype=torch.float64)
+    torch._foreach_mul_(tensors, factor)
+
+
+_ROUNDS_SCALARS = (torch.bfloat16, torch.float16)
+
+
 def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
             steps: Sequence[float] | None = None) -> Iterator[tuple[TensorLists, float | None]]:
     """Split parallel tensor lists into groups of one device, dtype and step count.

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._math import bias_correction, grouped, sma_length
+from ._math import bias_correction, grouped, scale_, sma_length
 from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
 
@@ -48,7 +48,7 @@ def adabelief_update(
         \end{cases}
 
     The numbers are those of the official ``adabelief-pytorch`` 0.2.1 (its op order too, so
-    fp32 and fp64 results equal it bit for bit). As in the paper's Algorithm 2, eps is added
+    fp32, fp64 and bf16 results equal it bit for bit). As in the paper's Algorithm 2, eps is added
     into :math:`s_t` each step (in place, so it accumulates). Where the official code goes
     beyond or against the paper's text, we follow the code: the rectified step uses
     :math:`s_t`, not the AMSGrad maximum (the maximum is kept up to date, but only the
@@ -72,10 +72,10 @@ def adabelief_update(
     for (params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_), t in grouped(
         [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps
     ):
-        torch._foreach_mul_(exp_avgs_, beta1)                               # m_t
+        scale_(exp_avgs_, beta1)                                             # m_t
         torch._foreach_add_(exp_avgs_, grads_, alpha=1 - beta1)
         residuals = torch._foreach_sub(grads_, exp_avgs_)                   # g_t - m_t
-        torch._foreach_mul_(exp_avg_vars_, beta2)                           # s_t
+        scale_(exp_avg_vars_, beta2)                                         # s_t
         torch._foreach_addcmul_(exp_avg_vars_, residuals, residuals, 1 - beta2)
         del residuals
         torch._foreach_add_(exp_avg_vars_, eps)

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._math import bias_correction, grouped
+from ._math import bias_correction, grouped, scale_
 from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
 
@@ -61,7 +61,7 @@ def adam_update(
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], steps
     ):
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
-        torch._foreach_mul_(exp_avg_sqs_, beta2)                            # v_t
+        scale_(exp_avg_sqs_, beta2)                                          # v_t
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)
         if max_exp_avg_sqs_ is not None:
             torch._foreach_maximum_(max_exp_avg_sqs_, exp_avg_sqs_)         # \hat v_t

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._math import bias_correction, grouped, sma_length
+from ._math import bias_correction, grouped, scale_, sma_length
 from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
 
@@ -48,7 +48,7 @@ def radam_update(
         [params, grads, exp_avgs, exp_avg_sqs], steps
     ):
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
-        torch._foreach_mul_(exp_avg_sqs_, beta2)                            # v_t
+        scale_(exp_avg_sqs_, beta2)                                          # v_t
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)
         rho_t, rho_inf = sma_length(beta2, t)
         step_size = lr / bias_correction(beta1, t)

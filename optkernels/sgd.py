@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._math import grouped
+from ._math import grouped, scale_
 from ._validation import check_lr, check_nonnegative, check_tensor_lists
 
 
@@ -50,7 +50,7 @@ def sgd_update(
     if momentum != 0:
         kept = [i for i, buffer in enumerate(momentum_buffers) if buffer is not None]
         for (buffers_, grads_), _ in grouped([[momentum_buffers[i] for i in kept], [grads[i] for i in kept]]):
-            torch._foreach_mul_(buffers_, momentum)                         # b_t, t > 1
+            scale_(buffers_, momentum)                                       # b_t, t > 1
             torch._foreach_add_(buffers_, grads_, alpha=1 - dampening)
         for i, buffer in enumerate(momentum_buffers):
             if buffer is None:                                              # b_1 = g_1

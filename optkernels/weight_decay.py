@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._math import grouped, scale_
 from ._validation import check_lr, check_nonnegative, check_tensor_lists
 
 
@@ -51,5 +52,7 @@ def weight_decay_l2(
         return grads
     if not decoupled:
         return list(torch._foreach_add(grads, params, alpha=weight_decay))
-    torch._foreach_mul_(params, 1 - weight_decay if fixed else 1 - lr * weight_decay)
+    factor = 1 - weight_decay if fixed else 1 - lr * weight_decay
+    for (params_,), _ in grouped([params]):  # scale_ rounds per dtype
+        scale_(params_, factor)
     return grads

@@ -39,23 +39,21 @@ class Case:
     def torch_modes(self, dtype: torch.dtype) -> dict[str, bool]:
         """torch's implementations to compare with, each mapped to 'bitwise equal expected'.
 
-        Our kernels run torch's foreach op sequence. On CPU, torch's for-loop path runs the
-        same ops one tensor at a time, which rounds identically in fp32 and fp64 but not in
-        bf16, where torch's CPU foreach ops round a Python scalar to bf16 before using it and
-        its per-tensor ops do not (torch's own two paths differ there too).
+        Our kernels run torch's op sequence with foreach ops. On CPU, torch's for-loop path
+        (its default there) runs the same ops one tensor at a time and rounds identically. Its
+        foreach path does too in fp32 and fp64, but in bf16 its ``_foreach_mul_`` rounds the
+        scalar (beta2, momentum) to bf16 first; we keep it in fp32 as the for-loop path does
+        (see ``optkernels._math.scale_``), so there we equal the for-loop path, not foreach.
 
         Complex params: torch's Adam and RAdam view them as real pairs before weight decay,
         its SGD works on them as complex numbers; our kernels view them as real and weight
         decay keeps them complex, so a step rounds differently from torch's in places.
         """
         low_precision = dtype in (torch.bfloat16, torch.float16)
-        modes = {"forloop": self.exact_forloop and not (low_precision or dtype.is_complex)}
+        modes = {"forloop": self.exact_forloop and not dtype.is_complex}
         # torch.optim.Adam refuses a tensor lr with foreach=True
         if not (isinstance(self.kwargs.get("lr"), torch.Tensor) and issubclass(self.reference, torch.optim.Adam)):
-            # RAdam's unrectified step: torch multiplies by a buffer holding lr/(1-beta1^t),
-            # rounded to bf16; we keep that scalar in fp32 (add with alpha)
-            radam_low = low_precision and self.reference is torch.optim.RAdam
-            modes["foreach"] = not (radam_low or dtype.is_complex)
+            modes["foreach"] = not (low_precision or dtype.is_complex)
         return modes
 
 

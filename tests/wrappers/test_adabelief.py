@@ -271,7 +271,7 @@ def run_side_by_side(ours, theirs, our_params, their_params, *, maximize, steps,
         assert_pairs_close(pairs, exact=True, where=f"{where}step {step}")
 
 
-@with_dtype
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["fp32", "fp64", "bf16"])
 @with_maximize
 @with_decay
 @with_sgd
