@@ -57,6 +57,14 @@ def check_eps(eps) -> float:
     return check_nonnegative("eps", eps, label="epsilon value")
 
 
+def optional_list(tensors):
+    """``None`` for an empty list: torch.optim's functional API passes ``[]`` for "off"
+    (``max_exp_avg_sqs=[]`` without AMSGrad), so we read it the same way."""
+    if isinstance(tensors, (list, tuple)) and len(tensors) == 0:
+        return None
+    return tensors
+
+
 def check_tensor_lists(optional: tuple[str, ...] = (), fillable: tuple[str, ...] = (),
                        **lists: Sequence[Tensor | None] | None) -> int:
     """Check that the named lists line up with the first one (the params).

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._math import bias_correction, grouped, scale_, sma_length
-from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
+from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, optional_list, step_values
 
 
 def adabelief_update(
@@ -64,6 +64,7 @@ def adabelief_update(
     Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients", NeurIPS 2020; https://github.com/juntang-zhuang/Adabelief-Optimizer.
     """
+    max_exp_avg_vars = optional_list(max_exp_avg_vars)
     count = check_tensor_lists(optional=("max_exp_avg_vars",), params=params, grads=grads, exp_avgs=exp_avgs,
                                exp_avg_vars=exp_avg_vars, max_exp_avg_vars=max_exp_avg_vars)
     steps = step_values(step, count)

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from ._math import bias_correction, grouped, scale_
-from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
+from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, optional_list, step_values
 
 
 def adam_update(
@@ -52,6 +52,7 @@ def adam_update(
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2014, Algorithm 1;
     Reddi et al., "On the Convergence of Adam and Beyond", 2018 (AMSGrad).
     """
+    max_exp_avg_sqs = optional_list(max_exp_avg_sqs)
     count = check_tensor_lists(optional=("max_exp_avg_sqs",), params=params, grads=grads, exp_avgs=exp_avgs,
                                exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=max_exp_avg_sqs)
     steps = step_values(step, count)

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from ._math import grouped, scale_
-from ._validation import check_lr, check_nonnegative, check_tensor_lists
+from ._validation import check_lr, check_nonnegative, check_tensor_lists, optional_list
 
 
 def sgd_update(
@@ -37,6 +37,7 @@ def sgd_update(
     Reference: Sutskever et al., "On the importance of initialization and momentum in deep
     learning", ICML 2013; the formulation of torch.optim.SGD.
     """
+    momentum_buffers = optional_list(momentum_buffers)
     check_tensor_lists(optional=("momentum_buffers",), fillable=("momentum_buffers",),
                        params=params, grads=grads, momentum_buffers=momentum_buffers)
     lr = check_lr(lr)
