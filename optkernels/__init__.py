@@ -6,17 +6,40 @@ keyword-only hyperparameters, keeps no hidden state, never mutates grads and ret
 
 from ._validation import UnsupportedOptionError
 from .adabelief import adabelief_update
+from .adadelta import adadelta_update
+from .adafactor import adafactor_update
+from .adagrad import adagrad_update
 from .adam import adam_update
+from .adamax import adamax_update
+from .asgd import asgd_update
+from .lbfgs import lbfgs_update
+from .muon import muon_update
+from .nadam import nadam_update
 from .radam import radam_update
+from .rmsprop import rmsprop_update
+from .rprop import rprop_update
 from .sgd import sgd_update
-from .weight_decay import weight_decay_l2
+from .sparse_adam import sparse_adam_update
+from .weight_decay import weight_decay_l1, weight_decay_l2
 
 __all__ = [
     "UnsupportedOptionError",
     "adabelief_update",
+    "adadelta_update",
+    "adafactor_update",
+    "adagrad_update",
     "adam_update",
+    "adamax_update",
+    "asgd_update",
+    "lbfgs_update",
+    "muon_update",
+    "nadam_update",
     "radam_update",
+    "rmsprop_update",
+    "rprop_update",
     "sgd_update",
+    "sparse_adam_update",
+    "weight_decay_l1",
     "weight_decay_l2",
 ]
 __version__ = "0.1.0"

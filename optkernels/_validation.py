@@ -66,13 +66,14 @@ def optional_list(tensors):
 
 
 def check_tensor_lists(optional: tuple[str, ...] = (), fillable: tuple[str, ...] = (),
-                       **lists: Sequence[Tensor | None] | None) -> int:
+                       sparse: tuple[str, ...] = (), **lists: Sequence[Tensor | None] | None) -> int:
     """Check that the named lists line up with the first one (the params).
 
     Every list has the same length; every tensor has its param's shape, dtype and device; no
     tensor is sparse. A list named in ``optional`` may be ``None`` (AMSGrad's maxima when off);
     one named in ``fillable`` may hold ``None`` entries, which the kernel fills in (SGD's first
-    momentum buffers). Returns the common length.
+    momentum buffers). One named in ``sparse`` may hold sparse tensors (SparseAdam's grads).
+    Returns the common length.
 
     The common case is checked with C-level ``map`` over attributes (a step on a thousand
     tensors pays for this every call); the slow loop runs only to name what is wrong.
@@ -95,8 +96,8 @@ def check_tensor_lists(optional: tuple[str, ...] = (), fillable: tuple[str, ...]
         if ref_signature is None:
             ref_signature = _signature(ref)
         if not all(map(isinstance, lst, repeat(Tensor))) or _signature(lst) != ref_signature \
-                or any(map(_is_sparse, lst)):
-            _explain(name, lst, ref_name, ref)
+                or name not in sparse and any(map(_is_sparse, lst)):
+            _explain(name, lst, ref_name, ref, sparse_allowed=name in sparse)
     return len(ref)
 
 
@@ -113,14 +114,15 @@ def _check_is_list(name: str, lst) -> None:
         raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
 
 
-def _explain(name: str, lst: Sequence, ref_name: str, ref: Sequence[Tensor], none_allowed: bool = False) -> None:
+def _explain(name: str, lst: Sequence, ref_name: str, ref: Sequence[Tensor], none_allowed: bool = False,
+             sparse_allowed: bool = False) -> None:
     """Raise for the first entry of ``lst`` that does not match ``ref``, naming it."""
     for index, (tensor, param) in enumerate(zip(lst, ref)):
         if tensor is None and none_allowed:
             continue
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{name}[{index}] must be a Tensor, got {type(tensor).__name__}")
-        if tensor.is_sparse:
+        if tensor.is_sparse and not sparse_allowed:
             raise RuntimeError(f"{name}[{index}] is sparse; sparse tensors are not supported by these kernels")
         if tensor.shape != param.shape:
             raise ValueError(

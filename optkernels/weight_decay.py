@@ -56,3 +56,7 @@ def weight_decay_l2(
     for (params_,), _ in grouped([params]):  # scale_ rounds per dtype
         scale_(params_, factor)
     return grads
+
+
+def weight_decay_l1(*args, **kwargs):
+    raise NotImplementedError("weight_decay_l1 is being written")

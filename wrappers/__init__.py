@@ -1,9 +1,20 @@
 """Drop-in ``torch.optim.Optimizer`` classes that call the kernels of :mod:`optkernels`."""
 
 from .adabelief import AdaBelief
+from .adadelta import Adadelta
+from .adafactor import Adafactor
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adamax import Adamax
+from .asgd import ASGD
 from .base import KernelOptimizer
+from .lbfgs import LBFGS
+from .muon import Muon
+from .nadam import NAdam
 from .radam import RAdam
+from .rmsprop import RMSprop
+from .rprop import Rprop
 from .sgd import SGD
+from .sparse_adam import SparseAdam
 
-__all__ = ["AdaBelief", "Adam", "AdamW", "KernelOptimizer", "RAdam", "SGD"]
+__all__ = ["ASGD", "AdaBelief", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "KernelOptimizer", "LBFGS", "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam"]

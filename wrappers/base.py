@@ -54,6 +54,7 @@ class KernelOptimizer(Optimizer):
     state_names: ClassVar[tuple[str, ...]] = ()  # per-param state tensors, zero-initialised
     amsgrad_state_name: ClassVar[str | None] = None  # also kept when group["amsgrad"]
     counts_steps: ClassVar[bool] = True  # keeps state["step"], as torch.optim does
+    takes_sparse_grads: ClassVar[bool] = False  # True: sparse grads reach ``_update`` (SparseAdam)
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         # Options first, as torch.optim does, so a bad lr is reported whatever params are.
@@ -155,7 +156,7 @@ class KernelOptimizer(Optimizer):
             grad = param.grad
             if grad is None:
                 continue
-            if grad.is_sparse:
+            if grad.is_sparse and not self.takes_sparse_grads:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             params.append(param)
             grads.append(grad)
@@ -172,7 +173,8 @@ class KernelOptimizer(Optimizer):
                 state[name].append(tensor)
             if new_state:
                 created.append((param, new_state))
-        check_tensor_lists(fillable=tuple(kernel_made), params=params, grads=grads,
+        check_tensor_lists(fillable=tuple(kernel_made), sparse=("grads",) if self.takes_sparse_grads else (),
+                           params=params, grads=grads,
                            **{name: tensors for name, tensors in state.items() if name != "step"})
         return params, grads, state, created, kernel_made
 

@@ -1,0 +1,8 @@
+"""RMSprop (being written)."""
+
+from .base import KernelOptimizer
+
+
+class RMSprop(KernelOptimizer):
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError("RMSprop is being written")

@@ -1,0 +1,8 @@
+"""SparseAdam (being written)."""
+
+from .base import KernelOptimizer
+
+
+class SparseAdam(KernelOptimizer):
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError("SparseAdam is being written")
