@@ -25,6 +25,10 @@ def bench_scale() -> str:
     return scale
 
 
-@pytest.fixture(scope="session")
-def device() -> torch.device:
-    return torch.device("cpu")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="session", params=DEVICES)
+def device(request) -> torch.device:
+    """Every benchmark runs on the CPU, and on CUDA too where there is one."""
+    return torch.device(request.param)

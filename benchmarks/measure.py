@@ -82,15 +82,22 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_interleaved(steppers: Mapping[str, Stepper], *, steps: int, warmup: int, device: torch.device,
+                     budget_s: float | None = None, min_steps: int = 5,
                      progress: Progress | None = None) -> dict[str, Timing]:
     """Time ``steps`` rounds of one step of every stepper, after ``warmup`` untimed rounds.
 
+    With ``budget_s``, timing stops early once the timed rounds have taken that long and at
+    least ``min_steps`` of them ran: a slow workload gets fewer rounds, not a longer run.
     ``progress`` is called with a one-line summary after each round.
     """
     names = list(steppers)
     seconds: dict[str, list[float]] = {name: [] for name in names}
+    timed_s = 0.0
     with _gc_disabled():
         for round_ in range(warmup + steps):
+            timed_rounds = round_ - warmup
+            if budget_s is not None and timed_rounds >= min_steps and timed_s >= budget_s:
+                break
             shift = round_ % len(names)
             this_round = {}
             for name in names[shift:] + names[:shift]:
@@ -101,6 +108,7 @@ def time_interleaved(steppers: Mapping[str, Stepper], *, steps: int, warmup: int
                 this_round[name] = time.perf_counter() - start
             timed = round_ >= warmup
             if timed:
+                timed_s += sum(this_round.values())
                 for name, value in this_round.items():
                     seconds[name].append(value)
             if progress is not None:

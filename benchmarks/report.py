@@ -26,6 +26,7 @@ progress to stderr and the table to stdout.
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import math
 import os
@@ -43,13 +44,15 @@ from .variants import ALGORITHMS, VARIANTS, Algorithm, build_steppers, get_algor
 from .workloads import SCALES, WORKLOADS, Workload, get_workload
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-DEFAULT_WORKLOADS = ("gpt2", "many-small", "few-large")
+DEFAULT_WORKLOADS = tuple(WORKLOADS)
+SCALE_DEFAULTS = {"full": (20, 4.0), "small": (10, 0.5)}  # (most timed rounds, seconds of timing per row)
 
 
 @dataclass(frozen=True)
 class Record:
     """One variant's result on one workload: a row of the table, an entry of results.json."""
 
+    device: str
     workload: str
     algorithm: str
     variant: str
@@ -71,6 +74,7 @@ class Record:
 class Measurement:
     """What was measured of one algorithm on one workload; the roofline waits for the run's bandwidth."""
 
+    device: torch.device
     workload: Workload
     algorithm: Algorithm
     timings: dict[str, Timing]
@@ -78,12 +82,12 @@ class Measurement:
     torch_default: str     # the variant torch.optim runs by default on this device
 
     def records(self, bandwidth: float) -> list[Record]:
-        min_bytes = self.algorithm.min_bytes(self.workload.numel, self.workload.element_size)
+        min_bytes = self.algorithm.min_bytes(self.workload.shapes, self.workload.element_size)
         roofline_ms = min_bytes / bandwidth * 1e3
         default = self.timings.get(self.torch_default)
         return [
-            Record(workload=self.workload.name, algorithm=self.algorithm.name, variant=name,
-                   median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
+            Record(device=self.device.type, workload=self.workload.name, algorithm=self.algorithm.name,
+                   variant=name, median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
                    quartiles_ms=timing.quartiles_ms, roofline_ms=roofline_ms, min_bytes=min_bytes,
                    peak_extra_bytes=self.peaks[name],
                    x_torch_default=timing.median_ms / default.median_ms if default else None,
@@ -93,58 +97,67 @@ class Measurement:
         ]
 
 
-def benchmark(workload: Workload, algorithm: Algorithm, *, steps: int, warmup: int, device: torch.device,
+def benchmark(workload: Workload, algorithm: Algorithm, params: list[torch.Tensor], grads: list[torch.Tensor], *,
+              steps: int, warmup: int, budget_s: float | None, device: torch.device,
               progress: Progress | None = None) -> Measurement:
-    """Time every variant of ``algorithm`` on ``workload``, then measure each one's peak memory."""
-    params, grads = workload.tensors(seed=0, device=device), workload.tensors(seed=1, device=device)
+    """Time every variant of ``algorithm`` on copies of ``params`` and ``grads``, then each one's peak memory."""
     steppers = build_steppers(algorithm, params, grads, device)
-    del params, grads  # each variant holds its own copies
-    timings = time_interleaved(steppers, steps=steps, warmup=warmup, device=device, progress=progress)
+    timings = time_interleaved(steppers, steps=steps, warmup=warmup, budget_s=budget_s, device=device,
+                               progress=progress)
     if progress is not None:
         progress("peak memory: one profiled step per variant")
     peaks = {name: peak_extra_bytes(step, device) for name, step in steppers.items()}
-    return Measurement(workload, algorithm, timings, peaks, torch_default_variant(device))
+    return Measurement(device, workload, algorithm, timings, peaks, torch_default_variant(device))
 
 
 # --- the command ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> list[Record]:
     """Run the report with command-line ``argv``; returns the records it wrote."""
     args = parse_args(argv)
-    device = torch.device("cpu")
     workloads = [get_workload(name, args.scale) for name in args.workloads]
     algorithms = [get_algorithm(name) for name in args.algorithms]
 
     load = os.getloadavg()[0]  # before we add any
     if load >= 0.5:
         _say(f"note: the machine is busy (load average {load:.1f}); expect noisy timings and a longer run")
-    bandwidths = [_sample_bandwidth(device)]
-    measurements = []
-    for workload in workloads:
-        for algorithm in algorithms:
-            progress = _prefixed(f"[{workload.name} {algorithm.name}]")
-            started = time.perf_counter()
-            progress(workload.description)
-            measurements.append(benchmark(workload, algorithm, steps=args.steps, warmup=args.warmup,
-                                          device=device, progress=progress))
-            gc.collect()  # free this workload's tensors before the next is built
-            progress(f"done in {time.perf_counter() - started:.0f} s")
-        # Samples spread over the run: a busy machine may slow any one of them, rarely all.
-        bandwidths.append(_sample_bandwidth(device))
-    bandwidth = max(bandwidths)
-    records = [record for measurement in measurements for record in measurement.records(bandwidth)]
+    started = time.perf_counter()
+    records, bandwidths = [], {}
+    total, count = len(args.devices) * len(workloads) * len(algorithms), itertools.count(1)
+    for device in map(torch.device, args.devices):
+        samples = bandwidths[device.type] = [_sample_bandwidth(device)]
+        measurements = []
+        for workload in workloads:
+            params, grads = workload.tensors(seed=0, device=device), workload.tensors(seed=1, device=device)
+            for algorithm in algorithms:
+                progress = _prefixed(f"[{next(count)}/{total} {device.type} {workload.name} {algorithm.name}]")
+                progress(f"{workload.description}; {time.perf_counter() - started:.0f} s so far")
+                measurements.append(benchmark(workload, algorithm, params, grads, steps=args.steps,
+                                              warmup=args.warmup, budget_s=args.budget, device=device,
+                                              progress=progress))
+                gc.collect()  # free this algorithm's copies before the next are built
+            del params, grads
+            # Samples spread over the run: a busy machine may slow any one of them, rarely all.
+            samples.append(_sample_bandwidth(device))
+        records += [record for measurement in measurements for record in measurement.records(max(samples))]
 
-    machine = machine_info(device, bandwidths, load)
-    settings = dict(scale=args.scale, steps=args.steps, warmup=args.warmup, workloads=list(args.workloads),
-                    algorithms=list(args.algorithms), torch_default=torch_default_variant(device))
+    machine = machine_info(bandwidths, load)
+    settings = dict(scale=args.scale, steps=args.steps, warmup=args.warmup, budget_s=args.budget,
+                    devices=list(args.devices), workloads=list(args.workloads), algorithms=list(args.algorithms),
+                    torch_default={name: torch_default_variant(torch.device(name)) for name in args.devices},
+                    run_s=round(time.perf_counter() - started, 1))
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(records, machine, settings)
     (args.out / "results.md").write_text(table)
     results = dict(machine=machine, settings=settings, records=[asdict(r) for r in records])
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(records, args.out / "results.png")
-    _say(f"wrote {args.out / 'results.md'}, results.json, results.png")
+    _say(f"wrote {args.out / 'results.md'}, results.json, results.png in {settings['run_s']:.0f} s")
     print(table)
     return records
+
+
+def _available_devices() -> tuple[str, ...]:
+    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -152,16 +165,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", choices=SCALES, default="full",
                         help="full: the real shapes; small: the same structure at toy sizes (default: full)")
     parser.add_argument("--workloads", type=_names(WORKLOADS), default=DEFAULT_WORKLOADS,
-                        help=f"comma-separated, from {', '.join(WORKLOADS)} "
-                             f"(default: {','.join(DEFAULT_WORKLOADS)})")
+                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     parser.add_argument("--algorithms", type=_names(ALGORITHMS), default=tuple(ALGORITHMS),
                         help=f"comma-separated, from {', '.join(ALGORITHMS)} (default: all)")
-    parser.add_argument("--steps", type=_at_least(1), default=20, help="timed rounds (default: 20)")
-    parser.add_argument("--warmup", type=_at_least(1), default=3,
-                        help="untimed rounds first; the first step creates the optimizer state (default: 3)")
+    parser.add_argument("--devices", type=_names(_available_devices()), default=_available_devices(),
+                        help=f"comma-separated, from {', '.join(_available_devices())} (default: all of them)")
+    parser.add_argument("--steps", type=_at_least(1), default=None,
+                        help="timed rounds at most (default: 20 at full scale, 10 at small)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed rounds per workload and algorithm, after which timing stops "
+                             "once 5 rounds ran; 0 for no limit (default: 4 at full scale, 0.5 at small)")
+    parser.add_argument("--warmup", type=_at_least(1), default=2,
+                        help="untimed rounds first; the first step creates the optimizer state (default: 2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    return parser.parse_args(argv)
-
+    args = parser.parse_args(argv)
+    steps, budget = SCALE_DEFAULTS[args.scale]
+    args.steps = steps if args.steps is None else args.steps
+    args.budget = budget if args.budget is None else args.budget or None
+    return args
 
 def _names(known):
     def parse(text: str) -> tuple[str, ...]:
@@ -197,17 +218,20 @@ def _prefixed(prefix: str) -> Progress:
 
 
 # --- what is written -----------------------------------------------------------------------------
-def machine_info(device: torch.device, bandwidths: Sequence[float], load_average: float) -> dict:
+def machine_info(bandwidths: dict[str, Sequence[float]], load_average: float) -> dict:
+    """What ran the benchmark; ``bandwidths`` has each device's samples in bytes per second."""
     return dict(
         cpu=_cpu_model(),
         logical_cpus=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
+        gpu=torch.cuda.get_device_name() if "cuda" in bandwidths else None,
         torch=torch.__version__,
         python=platform.python_version(),
         platform=platform.platform(),
-        device=str(device),
-        bandwidth_gb_s=round(max(bandwidths) / 1e9, 2),  # the roofline's: the best sample
-        bandwidth_samples_gb_s=[round(sample / 1e9, 2) for sample in bandwidths],
+        # the roofline's: each device's best sample
+        bandwidth_gb_s={device: round(max(samples) / 1e9, 2) for device, samples in bandwidths.items()},
+        bandwidth_samples_gb_s={device: [round(sample / 1e9, 2) for sample in samples]
+                                for device, samples in bandwidths.items()},
         load_average=round(load_average, 2),  # 1-minute, at the start: other work on the machine
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -224,40 +248,58 @@ def _cpu_model() -> str:
 
 
 def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
-    """The report: machine, the roofline of each workload, then one row per variant."""
+    """The report: machine and run, a summary (one row per algorithm), then one row per variant."""
+    variants = [v for v in VARIANTS if any(r.variant == v.name for r in records)]
+    bandwidths = ", ".join(f"{device} {value:.1f} GB/s (samples: {machine['bandwidth_samples_gb_s'][device]})"
+                           for device, value in machine["bandwidth_gb_s"].items())
     lines = [
         "# Optimizer step benchmark",
         "",
         f"- Machine: {machine['cpu']}; {machine['logical_cpus']} logical CPUs, "
-        f"torch.get_num_threads() = {machine['torch_threads']}; device {machine['device']}",
+        f"torch.get_num_threads() = {machine['torch_threads']}" + (f"; GPU {machine['gpu']}" if machine["gpu"] else ""),
         f"- Software: torch {machine['torch']}, Python {machine['python']}, {machine['platform']}",
-        f"- Date: {machine['date']}",
+        f"- Date: {machine['date']}; the run took {settings['run_s']:.0f} s",
         f"- Load average at start: {machine['load_average']:.2f} (other work on the machine; "
         f"above ~0.5, expect noisy timings)",
-        f"- Run: scale {settings['scale']}, {settings['steps']} timed steps after {settings['warmup']} warm-up, "
-        f"variants interleaved round-robin; torch default here is {settings['torch_default']}",
-        f"- Memory bandwidth (best streaming kernel, best of {len(machine['bandwidth_samples_gb_s'])} samples "
-        f"over the run): {machine['bandwidth_gb_s']:.1f} GB/s",
-        "- Variants: " + "; ".join(f"{v.name}: {v.description}" for v in VARIANTS
-                                   if any(r.variant == v.name for r in records)),
+        f"- Run: scale {settings['scale']}, up to {settings['steps']} timed steps (fewer once "
+        f"{settings['budget_s']} s of timing per row ran, at least 5) after {settings['warmup']} warm-up, "
+        f"variants interleaved round-robin; torch's default mode: "
+        + ", ".join(f"{device} {mode}" for device, mode in settings["torch_default"].items()),
+        f"- Memory bandwidth (best streaming kernel, best sample over the run): {bandwidths}",
+        "- Variants: " + "; ".join(f"{v.name}: {v.description}" for v in variants),
         "",
-        "| workload | algorithm | tensors | elements | min traffic MB/step | roofline ms |",
-        "|---|---|--:|--:|--:|--:|",
+        "## Summary: median ms per step (× roofline)",
+        "",
+        "| device | workload | algorithm | roofline ms | " + " | ".join(v.name for v in variants)
+        + " | ours best / torch best |",
+        "|---|---|---|--:|" + "--:|" * len(variants) + "--:|",
     ]
-    for first in _unique(records, key=lambda r: (r.workload, r.algorithm)):
-        lines.append(f"| {first.workload} | {first.algorithm} | {first.tensors} | {first.elements:,} "
-                     f"| {first.min_bytes / 1e6:,.1f} | {_fmt(first.roofline_ms)} |")
+    for first in _unique(records, key=lambda r: (r.device, r.workload, r.algorithm)):
+        rows = {r.variant: r for r in records
+                if (r.device, r.workload, r.algorithm) == (first.device, first.workload, first.algorithm)}
+        cells = [f"{_fmt(rows[v.name].median_ms)} ({_fmt(rows[v.name].x_roofline)})" if v.name in rows else "—"
+                 for v in variants]
+        ours = [r.median_ms for name, r in rows.items() if name.startswith("ours")]
+        theirs = [r.median_ms for name, r in rows.items() if name.startswith("torch")]
+        ratio = f"{min(ours) / min(theirs):.2f}" if ours and theirs else "—"
+        lines.append(f"| {first.device} | {first.workload} | {first.algorithm} | {_fmt(first.roofline_ms)} | "
+                     + " | ".join(cells) + f" | {ratio} |")
     lines += [
         "",
-        "| workload | algorithm | variant | median ms | min ms | max ms | × torch default | × roofline "
-        "| peak extra MiB |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|",
+        "## Every variant",
+        "",
+        "| device | workload | algorithm | variant | median ms | min ms | max ms | × torch default | × roofline "
+        "| peak extra MiB | steps |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in records:
         x_default = "—" if r.x_torch_default is None else f"{r.x_torch_default:.2f}"
-        cells = [r.workload, r.algorithm, r.variant, _fmt(r.median_ms), _fmt(r.min_ms), _fmt(r.max_ms), x_default,
-                 _fmt(r.x_roofline), _fmt(r.peak_extra_bytes / 2**20)]
+        cells = [r.device, r.workload, r.algorithm, r.variant, _fmt(r.median_ms), _fmt(r.min_ms), _fmt(r.max_ms),
+                 x_default, _fmt(r.x_roofline), _fmt(r.peak_extra_bytes / 2**20), str(r.steps)]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Workloads", "", "| workload | tensors | elements |", "|---|--:|--:|"]
+    for first in _unique(records, key=lambda r: r.workload):
+        lines.append(f"| {first.workload} | {first.tensors} | {first.elements:,} |")
     return "\n".join(lines) + "\n"
 
 
@@ -276,23 +318,25 @@ def _unique(records: Sequence[Record], key: Callable[[Record], Hashable]) -> lis
 
 
 def plot(records: Sequence[Record], path: Path) -> None:
-    """One panel per workload, a group of bars per algorithm, a bar per variant, labelled x roofline.
+    """One panel per device and workload, a group of bars per algorithm, a bar per variant.
 
-    Bars are medians and whiskers the quartiles (min and max are in the table: on a busy machine
-    a few slow rounds would stretch the axis until the bars cannot be compared).
+    Bars are medians, whiskers the quartiles (min and max are in the table: on a busy machine a
+    few slow rounds would stretch the axis until the bars cannot be compared), labels the
+    multiple of the roofline, which is the dashed line over each group.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    workloads = [r.workload for r in _unique(records, key=lambda r: r.workload)]
+    panels = [(r.device, r.workload) for r in _unique(records, key=lambda r: (r.device, r.workload))]
     variants = [v.name for v in VARIANTS]
     colors = {name: f"C{i}" for i, name in enumerate(variants)}
-    figure = Figure(figsize=(4.5 * len(workloads), 4.5), layout="constrained")
+    algorithm_count = len(_unique(records, key=lambda r: r.algorithm))
+    figure = Figure(figsize=(max(7.0, 1.2 * algorithm_count + 2), 3.3 * len(panels)), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(workloads), squeeze=False)[0]
+    axes = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
     width = 0.8 / len(variants)
-    for ax, workload in zip(axes, workloads):
-        rows = [r for r in records if r.workload == workload]
+    for ax, (device, workload) in zip(axes, panels):
+        rows = [r for r in records if (r.device, r.workload) == (device, workload)]
         algorithms = [r.algorithm for r in _unique(rows, key=lambda r: r.algorithm)]
         for group, algorithm in enumerate(algorithms):
             group_rows = [r for r in rows if r.algorithm == algorithm]
@@ -300,21 +344,23 @@ def plot(records: Sequence[Record], path: Path) -> None:
                 x = group - 0.4 + width * (variants.index(r.variant) + 0.5)
                 low, high = r.quartiles_ms
                 ax.bar(x, r.median_ms, width, color=colors[r.variant], label=r.variant,
-                       yerr=[[max(r.median_ms - low, 0)], [max(high - r.median_ms, 0)]], capsize=2)
+                       yerr=[[max(r.median_ms - low, 0)], [max(high - r.median_ms, 0)]], capsize=1.5)
                 ax.annotate(f"{r.x_roofline:.1f}×", (x, max(high, r.median_ms)), xytext=(0, 2),
-                            textcoords="offset points", ha="center", va="bottom", fontsize="x-small")
+                            textcoords="offset points", ha="center", va="bottom", fontsize=6, rotation=90)
             ax.hlines(group_rows[0].roofline_ms, group - 0.45, group + 0.45, colors="black",
                       linestyles="dashed", label="roofline (bar labels: time / roofline)")
         ax.set_xticks(range(len(algorithms)), algorithms)
-        ax.set_title(f"{workload} ({rows[0].tensors} tensors, {rows[0].elements:,} elements)", fontsize="medium")
-        ax.set_ylabel("ms per step (median, quartiles)")
-        ax.margins(y=0.1)
+        ax.set_xlim(-0.5, len(algorithms) - 0.5)
+        ax.set_title(f"{workload} on {device} ({rows[0].tensors} tensors, {rows[0].elements:,} elements)",
+                     fontsize="medium")
+        ax.set_ylabel("ms per step")
+        ax.margins(y=0.18)
     handles = {}
     for ax in axes:  # one legend entry per label, across panels
         handles.update(zip(*reversed(ax.get_legend_handles_labels())))
     figure.legend(handles.values(), handles.keys(), loc="outside upper center", ncols=len(handles),
                   fontsize="small")
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

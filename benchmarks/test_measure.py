@@ -3,7 +3,7 @@
 import torch
 
 from benchmarks.measure import memory_bandwidth, peak_extra_bytes, time_interleaved
-from benchmarks.variants import ADAM, build_steppers
+from benchmarks.variants import ALGORITHMS, build_steppers
 from benchmarks.workloads import get_workload
 
 
@@ -17,7 +17,7 @@ def test_peak_counts_a_temporary_freed_within_the_step(device):
 
 def test_foreach_adam_peak_covers_its_sqrt_buffer(device):
     workload = get_workload("gpt2", "small")
-    steppers = build_steppers(ADAM, workload.tensors(0, device), workload.tensors(1, device), device,
+    steppers = build_steppers(ALGORITHMS["adam"], workload.tensors(0, device), workload.tensors(1, device), device,
                               names=["torch-foreach", "ours-functional"])
     for name, step in steppers.items():
         step()  # state exists from here on, so the measured step allocates only temporaries

@@ -3,33 +3,52 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks import report
-from benchmarks.variants import ADAM, available_variants
+from benchmarks.variants import ALGORITHMS, available_variants
 
-REQUIRED_KEYS = {"workload", "algorithm", "variant", "median_ms", "min_ms", "max_ms", "roofline_ms",
+REQUIRED_KEYS = {"device", "workload", "algorithm", "variant", "median_ms", "min_ms", "max_ms", "roofline_ms",
                  "peak_extra_bytes"}
 
 
-def test_report_writes_markdown_json_and_plot(tmp_path, device):
-    report.main(["--scale", "small", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)])
+def test_report_writes_markdown_json_and_plot(tmp_path):
+    algorithms = ["adam", "adabelief"]  # one torch has, with a fused mode, and one it lacks
+    workloads = ["gpt2", "many-small"]  # each workload adds a bandwidth sample (seconds): two will do
+    report.main(["--scale", "small", "--algorithms", ",".join(algorithms), "--workloads", ",".join(workloads),
+                 "--steps", "2", "--warmup", "1", "--out", str(tmp_path)])
 
     for name in ("results.md", "results.json", "results.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {"cpu", "torch_threads", "torch", "date"} <= set(results["machine"])
+    assert {"cpu", "torch_threads", "torch", "date", "bandwidth_gb_s"} <= set(results["machine"])
     records = results["records"]
     assert all(REQUIRED_KEYS <= set(record) for record in records)
-    variants = sorted(variant.name for variant in available_variants(ADAM, device))
-    for workload in report.DEFAULT_WORKLOADS:
-        assert sorted(r["variant"] for r in records if r["workload"] == workload) == variants, workload
+    for device in report._available_devices():
+        for algorithm in algorithms:
+            variants = sorted(v.name for v in available_variants(ALGORITHMS[algorithm], torch.device(device)))
+            for workload in workloads:
+                assert sorted(r["variant"] for r in records if (r["device"], r["workload"], r["algorithm"])
+                              == (device, workload, algorithm)) == variants, (device, workload, algorithm)
+    assert {r["variant"] for r in records if r["algorithm"] == "adabelief"} == {"ours-functional", "ours-wrapper"}
     foreach = next(r for r in records if r["variant"] == "torch-foreach")
     assert foreach["peak_extra_bytes"] > 0
+    assert all(r["roofline_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in records)
     table = (tmp_path / "results.md").read_text()
-    assert all(f"| {variant} |" in table for variant in variants)
+    assert "## Summary" in table and all(f"| {r['variant']} |" in table for r in records)
 
 
-def test_workloads_option_selects_and_validates():
-    assert report.parse_args(["--workloads", "few-large,gpt2"]).workloads == ("few-large", "gpt2")
-    with pytest.raises(SystemExit):
-        report.parse_args(["--workloads", "gpt3"])
+def test_options_select_and_validate():
+    args = report.parse_args(["--workloads", "few-large,gpt2", "--algorithms", "adam,sgd"])
+    assert args.workloads == ("few-large", "gpt2") and args.algorithms == ("adam", "sgd")
+    assert report.parse_args([]).algorithms == tuple(ALGORITHMS)
+    for bad in (["--workloads", "gpt3"], ["--algorithms", "adam,lion"], ["--devices", "tpu"]):
+        with pytest.raises(SystemExit):
+            report.parse_args(bad)
+
+
+def test_scale_sets_rounds_and_budget_unless_given():
+    assert (report.parse_args([]).steps, report.parse_args([]).budget) == (20, 4.0)
+    small = report.parse_args(["--scale", "small"])
+    assert (small.steps, small.budget) == (10, 0.5)
+    assert report.parse_args(["--budget", "0"]).budget is None

@@ -1,19 +1,23 @@
 """What is timed: each algorithm's implementations, built as zero-argument ``step`` callables.
 
 An :class:`Algorithm` names one optimizer three ways (the ``torch.optim`` class, our wrapper,
-our kernel) with the same hyperparameters, plus how much memory traffic its update needs at
-least. A :class:`Variant` is one way of stepping it; :func:`build_steppers` builds every
-variant available on a device, each on its own copy of the params and grads, so that variants
-timed side by side in one process never share a tensor.
+our functional kernels called as a custom training loop calls them) with the same
+hyperparameters, plus how much memory traffic its update needs at least. A :class:`Variant` is
+one way of stepping it; :func:`build_steppers` builds every variant available on a device, each
+on its own copy of the params and grads, so that variants timed side by side in one process
+never share a tensor.
 
 Adding an algorithm is one more :class:`Algorithm` in :data:`ALGORITHMS`; where torch.optim
 lacks it (AdaBelief) the torch variants drop out and the report shows no "x torch default".
-(A kernel that takes no ``step``, as SGD's, needs one more field here, read by ``_our_kernel``.)
+Not here: LBFGS (a closure re-evaluates the model several times per step, so a step is not an
+update over fixed gradients), SparseAdam (sparse gradients) and Muon (2-D params only; its cost
+is matrix products, not memory traffic).
 """
 
 import itertools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from math import prod
 from typing import Any
 
 import torch
@@ -21,42 +25,96 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
+import optkernels as ok
 import wrappers
-from optkernels import adam_update
 
 from .measure import Stepper
+
+Options = dict[str, Any]
+# Builds the functional variant: (params, grads, options) -> a step() that advances its own count.
+Functional = Callable[[list[Tensor], list[Tensor], Options], Stepper]
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One optimizer, as torch.optim, our wrapper and our kernel spell it."""
+    """One optimizer, as torch.optim, our wrapper and our kernels spell it."""
 
     name: str
-    kernel: Callable[..., None]                 # called as kernel(params, grads, *state, step=t, **kernel_options)
     wrapper: type[Optimizer]
-    torch_class: type[Optimizer] | None         # None where torch.optim lacks the algorithm
-    state_names: tuple[str, ...]                # the kernel's state lists, in its argument order
-    min_passes: int                             # tensor-sized reads + writes of an ideal one-pass update
-    options: dict[str, Any] = field(default_factory=dict)         # constructor kwargs, torch and wrapper
-    kernel_options: dict[str, Any] = field(default_factory=dict)  # the same values as the kernel names them
+    torch_class: type[Optimizer] | None     # None where torch.optim lacks the algorithm
+    functional: Functional
+    # Tensor-sized reads + writes of an ideal one-pass update of a param of this shape.
+    min_passes: Callable[[tuple[int, ...]], int]
+    options: Options = field(default_factory=dict)  # constructor kwargs, torch and wrapper alike
 
-    def min_bytes(self, numel: int, element_size: int) -> int:
-        """Bytes one step must move at least over ``numel`` elements."""
-        return self.min_passes * numel * element_size
+    def min_bytes(self, shapes: Collection[tuple[int, ...]], element_size: int) -> int:
+        """Bytes one step must move at least over params of ``shapes``."""
+        return sum(self.min_passes(shape) * prod(shape) for shape in shapes) * element_size
 
 
-ADAM = Algorithm(
-    name="adam",
-    kernel=adam_update,
-    wrapper=wrappers.Adam,
-    torch_class=torch.optim.Adam,
-    state_names=("exp_avg", "exp_avg_sq"),
-    min_passes=7,  # reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq
-    options=dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8),
-    kernel_options=dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8),
-)
+def _passes(count: int) -> Callable[[tuple[int, ...]], int]:
+    return lambda shape: count
 
-ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (ADAM,)}
+
+def _zeros(params: list[Tensor]) -> list[Tensor]:
+    return [torch.zeros_like(param) for param in params]
+
+
+def _counted(update: Callable[[int], None]) -> Stepper:
+    """``update(t)`` with t = 1, 2, ... on successive calls: the step count a training loop keeps."""
+    steps = itertools.count(1)
+    return lambda: update(next(steps))
+
+
+# --- the functional variants: the calls a custom training loop makes ----------------------------
+def _adam(params, grads, options, *, decoupled=False):
+    exp_avgs, exp_avg_sqs = _zeros(params), _zeros(params)
+    (beta1, beta2), lr = options["betas"], options["lr"]
+
+    def update(t):
+        decayed = ok.weight_decay_l2(params, grads, weight_decay=options.get("weight_decay", 0), lr=lr,
+                                     decoupled=decoupled)
+        ok.adam_update(params, decayed, exp_avgs, exp_avg_sqs, step=t, lr=lr, beta1=beta1, beta2=beta2,
+                       eps=options["eps"])
+    return _counted(update)
+
+
+def _adamw(params, grads, options):
+    return _adam(params, grads, options, decoupled=True)
+
+
+def _radam(params, grads, options):
+    exp_avgs, exp_avg_sqs = _zeros(params), _zeros(params)
+    (beta1, beta2), lr = options["betas"], options["lr"]
+    return _counted(lambda t: ok.radam_update(params, grads, exp_avgs, exp_avg_sqs, step=t, lr=lr, beta1=beta1,
+                                              beta2=beta2, eps=options["eps"]))
+
+
+def _adabelief(params, grads, options):
+    exp_avgs, exp_avg_vars = _zeros(params), _zeros(params)
+    (beta1, beta2), lr = options["betas"], options["lr"]
+    return _counted(lambda t: ok.adabelief_update(params, grads, exp_avgs, exp_avg_vars, step=t, lr=lr,
+                                                  beta1=beta1, beta2=beta2, eps=options["eps"]))
+
+
+def _sgd(params, grads, options):
+    momentum_buffers = [None] * len(params)  # the first step copies the grads in, as torch.optim.SGD
+    return lambda: ok.sgd_update(params, grads, momentum_buffers, lr=options["lr"], momentum=options["momentum"])
+
+
+# --- the registry ----------------------------------------------------------------------------------
+ADAM_OPTIONS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+
+ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
+    # reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq
+    Algorithm("adam", wrappers.Adam, torch.optim.Adam, _adam, _passes(7), ADAM_OPTIONS),
+    Algorithm("adamw", wrappers.AdamW, torch.optim.AdamW, _adamw, _passes(7), dict(ADAM_OPTIONS, weight_decay=1e-2)),
+    Algorithm("radam", wrappers.RAdam, torch.optim.RAdam, _radam, _passes(7), ADAM_OPTIONS),
+    Algorithm("adabelief", wrappers.AdaBelief, None, _adabelief, _passes(7),
+              dict(ADAM_OPTIONS, eps=1e-16)),
+    # reads param, grad, momentum_buffer; writes param, momentum_buffer
+    Algorithm("sgd", wrappers.SGD, torch.optim.SGD, _sgd, _passes(5), dict(lr=1e-2, momentum=0.9)),
+)}
 
 
 def get_algorithm(name: str) -> Algorithm:
@@ -76,13 +134,8 @@ def _our_wrapper(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]
     return _with_grads(algorithm.wrapper, params, grads, **algorithm.options).step
 
 
-def _our_kernel(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
-    state = [[torch.zeros_like(param) for param in params] for _ in algorithm.state_names]
-    steps = itertools.count(1)
-
-    def step() -> None:
-        algorithm.kernel(params, grads, *state, step=next(steps), **algorithm.kernel_options)
-    return step
+def _our_functional(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
+    return algorithm.functional(params, grads, algorithm.options)
 
 
 def _with_grads(optimizer_class: type[Optimizer], params: list[Tensor], grads: list[Tensor],
@@ -122,8 +175,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("torch-forloop", "the torch.optim class, foreach=False", _torch_optimizer(foreach=False), _has_torch),
     Variant("torch-foreach", "the torch.optim class, foreach=True", _torch_optimizer(foreach=True), _has_torch),
     Variant("torch-fused", "the torch.optim class, fused=True", _torch_optimizer(fused=True), _has_torch_fused),
-    Variant("ours-functional", "our optkernels function on the tensor lists, step as an int", _our_kernel,
-            _always),
+    Variant("ours-functional", "our optkernels functions on the tensor lists, as a custom loop calls them",
+            _our_functional, _always),
     Variant("ours-wrapper", "our wrappers class, .step()", _our_wrapper, _always),
 )
 

@@ -7,6 +7,9 @@ for it. Every workload has a ``full`` scale (what the report times by default) a
 >>> gpt2 = get_workload("gpt2")
 >>> len(gpt2.shapes), gpt2.numel
 (148, 124439808)
+>>> resnet = get_workload("resnet50")
+>>> len(resnet.shapes), resnet.numel
+(161, 25557032)
 >>> get_workload("many-small", "small").numel
 64000
 """
@@ -64,6 +67,28 @@ def _gpt2(scale: str) -> Workload:
     return Workload("gpt2", "GPT-2 small, 124M params (148 tensors)", gpt2_shapes())
 
 
+def resnet50_shapes(width: int = 64, classes: int = 1000):
+    """The parameter shapes of torchvision's ResNet-50, in its order (conv weights are out x in x kh x kw)."""
+    shapes = [(width, 3, 7, 7), (width,), (width,)]                     # conv1, bn1
+    inplanes = width
+    for planes, blocks in zip((width, 2 * width, 4 * width, 8 * width), (3, 4, 6, 3)):
+        for block in range(blocks):
+            shapes += [(planes, inplanes, 1, 1), (planes,), (planes,)]    # conv1, bn1
+            shapes += [(planes, planes, 3, 3), (planes,), (planes,)]      # conv2, bn2
+            shapes += [(4 * planes, planes, 1, 1), (4 * planes,), (4 * planes,)]  # conv3, bn3
+            if block == 0:                                                # downsample conv, bn
+                shapes += [(4 * planes, inplanes, 1, 1), (4 * planes,), (4 * planes,)]
+            inplanes = 4 * planes
+    shapes += [(classes, inplanes), (classes,)]                          # fc
+    return tuple(shapes)
+
+
+def _resnet50(scale: str) -> Workload:
+    if scale == "small":  # 1/8 of every width and 1/8 of the classes; the same 161 tensors
+        return Workload("resnet50", "ResNet-50 at 1/8 width (161 tensors)", resnet50_shapes(width=8, classes=125))
+    return Workload("resnet50", "ResNet-50, 25.6M params (161 tensors)", resnet50_shapes())
+
+
 def _many_small(scale: str) -> Workload:
     size = 64 if scale == "small" else 1000  # per-tensor overhead is the point: keep the count
     return Workload("many-small", f"1000 tensors of {size} elements", ((size,),) * 1000)
@@ -76,6 +101,7 @@ def _few_large(scale: str) -> Workload:
 
 WORKLOADS: dict[str, Callable[[str], Workload]] = {
     "gpt2": _gpt2,
+    "resnet50": _resnet50,
     "many-small": _many_small,
     "few-large": _few_large,
 }

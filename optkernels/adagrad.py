@@ -1,5 +1,95 @@
-"""Adagrad (being written)."""
+"""Adagrad: per-coordinate step sizes from the running sum of squared gradients."""
+
+import torch
+from torch import Tensor
+
+from ._math import grouped
+from ._validation import check_eps, check_lr, check_nonnegative, check_tensor_lists, step_values
 
 
-def adagrad_update(*args, **kwargs):
-    raise NotImplementedError("adagrad_update is being written")
+def adagrad_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_sums: list[Tensor],
+    *,
+    step,
+    lr: float | Tensor,
+    lr_decay: float = 0.0,
+    eps: float = 1e-10,
+) -> None:
+    r"""Adagrad step, in place, on lists of tensors; ``grads`` may be sparse (COO).
+
+    .. math::
+        \tilde\gamma_t = \frac{\gamma}{1 + (t-1)\eta} \qquad
+        s_t = s_{t-1} + g_t^2 \qquad
+        \theta_t = \theta_{t-1} - \tilde\gamma_t \frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    with :math:`\eta` the ``lr_decay`` and :math:`s_0` the initial accumulator value (the
+    caller fills ``state_sums`` with it; torch.optim.Adagrad's default is 0).
+
+    Args:
+        params, grads, state_sums: parallel lists of tensors.
+        step: the step count *after* this update (1 on the first call): an int, or one int or
+            0-d tensor per param. Only the lr decay uses it.
+        lr, lr_decay, eps: as in ``torch.optim.Adagrad``; ``lr`` may be a 1-element tensor.
+
+    Mutates params and state_sums. Never grads. Weight decay is composed in front:
+    ``grads = weight_decay_l2(params, grads, ...)`` (dense grads only, as in torch). A sparse
+    gradient updates only the entries it holds, one tensor at a time, as torch does.
+
+    The op order is torch.optim.Adagrad's for-loop path. Its foreach path multiplies the
+    gradient by :math:`-\tilde\gamma_t` before dividing, where the for-loop's ``addcdiv``
+    does the same in the same order, so in fp32 and fp64 both equal this bit for bit on CPU;
+    in bf16 the foreach product is rounded to bf16 first, so we equal the for-loop path there.
+
+    Example:
+        >>> import torch
+        >>> from optkernels import adagrad_update
+        >>> params, grads, state_sums = [torch.ones(2)], [torch.full((2,), 2.0)], [torch.zeros(2)]
+        >>> adagrad_update(params, grads, state_sums, step=1, lr=0.1)
+        >>> params[0], state_sums[0]
+        (tensor([0.9000, 0.9000]), tensor([4., 4.]))
+
+    Reference: Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and
+    Stochastic Optimization", JMLR 12, 2011.
+    """
+    count = check_tensor_lists(sparse=("grads",), params=params, grads=grads, state_sums=state_sums)
+    steps = step_values(step, count)
+    lr, eps = check_lr(lr), check_eps(eps)
+    lr_decay = check_nonnegative("lr_decay", lr_decay)
+    sparse = [i for i, grad in enumerate(grads) if grad.is_sparse]
+    for i in sparse:
+        if grads[i].is_complex():
+            raise RuntimeError(f"grads[{i}] is sparse and complex; Adagrad takes sparse grads of real params only")
+    dense_lists, dense_steps = [params, grads, state_sums], steps
+    if sparse:
+        dense = [i for i in range(count) if not grads[i].is_sparse]
+        dense_lists = [[tensors[i] for i in dense] for tensors in dense_lists]
+        dense_steps = [steps[i] for i in dense]
+    for (params_, grads_, state_sums_), t in grouped(dense_lists, dense_steps):
+        torch._foreach_addcmul_(state_sums_, grads_, grads_, value=1)       # s_t
+        stds = torch._foreach_sqrt(state_sums_)
+        torch._foreach_add_(stds, eps)
+        torch._foreach_addcdiv_(params_, grads_, stds, value=-_decayed_lr(lr, lr_decay, t))
+    for i in sparse:
+        _sparse_update(params[i], grads[i], state_sums[i], lr=_decayed_lr(lr, lr_decay, steps[i]), eps=eps)
+
+
+def _decayed_lr(lr: float, lr_decay: float, step: float) -> float:
+    r"""\tilde\gamma_t, in Python floats as torch computes it."""
+    return lr / (1 + (step - 1) * lr_decay)
+
+
+def _sparse_update(param: Tensor, grad: Tensor, state_sum: Tensor, *, lr: float, eps: float) -> None:
+    """The rule on the entries a sparse gradient holds; torch's ``_single_tensor_adagrad`` sparse
+    branch, op for op. Duplicate indices are summed first (the update is not linear in g)."""
+    grad = grad.coalesce()
+    indices, values = grad._indices(), grad._values()
+    state_sum.add_(_like_sparse(grad, values.pow(2)))
+    stds = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
+    param.add_(_like_sparse(grad, values / stds), alpha=-lr)
+
+
+def _like_sparse(grad: Tensor, values: Tensor) -> Tensor:
+    # the indices come from a coalesced tensor: valid, so skip torch's checks (and their warning)
+    return torch.sparse_coo_tensor(grad._indices(), values, grad.size(), check_invariants=False)

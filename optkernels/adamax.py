@@ -1,5 +1,64 @@
-"""Adamax (being written)."""
+"""Adamax: Adam with the infinity norm in place of the second moment."""
+
+import torch
+from torch import Tensor
+
+from ._math import bias_correction, grouped, scale_
+from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
 
-def adamax_update(*args, **kwargs):
-    raise NotImplementedError("adamax_update is being written")
+def adamax_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_infs: list[Tensor],
+    *,
+    step,
+    lr: float | Tensor,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> None:
+    r"""Adamax step, in place, on lists of tensors.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t \qquad
+        u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon) \qquad
+        \theta_t = \theta_{t-1} - \frac{\gamma}{1-\beta_1^t} \frac{m_t}{u_t}
+
+    Args:
+        params, grads, exp_avgs, exp_infs: parallel lists of tensors (``exp_infs`` holds
+            :math:`u`, the exponentially weighted infinity norm).
+        step: the step count *after* this update (1 on the first call): an int, or one int or
+            0-d tensor per param.
+        lr, beta1, beta2, eps: as in ``torch.optim.Adamax``; ``lr`` may be a 1-element tensor.
+
+    Mutates params, exp_avgs and exp_infs. Never grads. Weight decay is composed in front:
+    ``grads = weight_decay_l2(params, grads, ...)``. :math:`\epsilon` sits inside the maximum,
+    as in torch.optim.Adamax (the paper has none). Complex params are treated as real pairs, as
+    torch does: the norm is taken of the real and imaginary parts separately. The op order is
+    torch.optim.Adamax's (its for-loop and foreach paths agree), so results equal it bit for
+    bit on CPU.
+
+    Example:
+        >>> import torch
+        >>> from optkernels import adamax_update
+        >>> params, grads = [torch.ones(3)], [torch.full((3,), 0.5)]
+        >>> exp_avgs, exp_infs = [torch.zeros(3)], [torch.zeros(3)]
+        >>> adamax_update(params, grads, exp_avgs, exp_infs, step=1, lr=0.1)
+        >>> params[0]
+        tensor([0.9000, 0.9000, 0.9000])
+
+    Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2014, Algorithm 2.
+    """
+    count = check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_infs=exp_infs)
+    steps = step_values(step, count)
+    lr, eps = check_lr(lr), check_eps(eps)
+    beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
+    for (params_, grads_, exp_avgs_, exp_infs_), t in grouped([params, grads, exp_avgs, exp_infs], steps):
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
+        scale_(exp_infs_, beta2)                                             # u_t
+        norms = torch._foreach_abs(grads_)
+        torch._foreach_add_(norms, eps)
+        torch._foreach_maximum_(exp_infs_, norms)
+        torch._foreach_addcdiv_(params_, exp_avgs_, exp_infs_, (lr / bias_correction(beta1, t)) * -1)

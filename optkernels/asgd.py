@@ -1,5 +1,128 @@
-"""ASGD (being written)."""
+"""ASGD: stochastic gradient descent with a decaying step and a running (Polyak) average."""
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._math import grouped, scale_
+from ._validation import as_float, check_lr, check_nonnegative, check_tensor_lists, step_values
 
 
-def asgd_update(*args, **kwargs):
-    raise NotImplementedError("asgd_update is being written")
+def asgd_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    axs: list[Tensor],
+    mus: list[Tensor],
+    etas: list[Tensor],
+    *,
+    step,
+    lr: float | Tensor,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+) -> None:
+    r"""ASGD step, in place, on lists of tensors.
+
+    With :math:`\gamma` the learning rate and :math:`\eta_0 = \gamma`, :math:`\mu_0 = 1`:
+
+    .. math::
+        \theta_t = (1 - \lambda \eta_{t-1})\, \theta_{t-1} - \eta_{t-1} g_t
+
+        \bar\theta_t = \bar\theta_{t-1} + \mu_{t-1} (\theta_t - \bar\theta_{t-1})
+        \qquad (\bar\theta_t = \theta_t \text{ while } \mu_{t-1} = 1)
+
+        \eta_t = \frac{\gamma}{(1 + \lambda \gamma t)^\alpha} \qquad
+        \mu_t = \frac{1}{\max(1, t - t_0)}
+
+    Args:
+        params, grads, axs: parallel lists of tensors; ``axs`` holds the averages
+            :math:`\bar\theta` (zeros at first).
+        mus, etas: one 1-element floating tensor per param (0-d float32 in torch.optim.ASGD,
+            float64 under a float64 default dtype), holding :math:`\mu_{t-1}` and
+            :math:`\eta_{t-1}`; ones and ``lr`` at first. Each param keeps its own: params
+            that skipped steps, or stepped under another lr, have other values.
+        step: the step count *after* this update (1 on the first call): an int, or one int or
+            0-d tensor per param.
+        lr: :math:`\gamma`, a number or a 1-element tensor; it enters only the next
+            :math:`\eta`, computed as torch does: in double precision from a number, in the
+            tensor's dtype from a tensor.
+        lambd, alpha, t0: as in ``torch.optim.ASGD``.
+
+    Mutates params, axs, mus and etas. Never grads. The decay :math:`\lambda` is part of the
+    rule (it scales with :math:`\eta_{t-1}`), so it is applied here; ASGD's ``weight_decay`` is
+    composed in front: ``grads = weight_decay_l2(params, grads, ...)``. Complex params are
+    treated as pairs of reals, as torch does.
+
+    The ops are those of torch.optim.ASGD's for-loop path (its default on CPU), in its order, so
+    results equal it bit for bit on CPU. Its foreach path computes
+    :math:`\theta - \eta (g + \lambda\theta)`, averages with :math:`\mu_{t-1} = 1` as
+    :math:`\bar\theta + (\theta - \bar\theta)`, and computes :math:`\eta_t` in float32 from the
+    float step tensor: equal to rounding.
+
+    Example:
+        >>> import torch
+        >>> from optkernels import asgd_update
+        >>> params, grads, axs = [torch.ones(2)], [torch.ones(2)], [torch.zeros(2)]
+        >>> mus, etas = [torch.tensor(1.0)], [torch.tensor(0.1)]
+        >>> asgd_update(params, grads, axs, mus, etas, step=1, lr=0.1, lambd=0.0, t0=0)
+        >>> params[0], axs[0], mus[0]
+        (tensor([0.9000, 0.9000]), tensor([0.9000, 0.9000]), tensor(1.))
+
+    Reference: Polyak & Juditsky, "Acceleration of Stochastic Approximation by Averaging", 1992;
+    the step-size schedule of Xu, "Towards Optimal One Pass Large Scale Learning with Averaged
+    Stochastic Gradient Descent", 2011, as torch.optim.ASGD.
+    """
+    count = check_tensor_lists(params=params, grads=grads, axs=axs)
+    check_scalar_states(count, mus=mus, etas=etas)
+    steps = step_values(step, count)
+    check_lr(lr)
+    lambd, alpha = check_nonnegative("lambd", lambd), check_nonnegative("alpha", alpha)
+    t0 = check_t0(t0)
+    if isinstance(lr, Tensor):
+        lr = lr.reshape(())  # as torch's _to_scalar: eta_t is then computed in lr's dtype
+    else:
+        lr = float(lr)
+
+    # Tensors with the same (eta, mu) take one foreach call; usually that is all of them.
+    keys = [(eta.item(), mu.item()) for eta, mu in zip(etas, mus)]
+    for (params_, grads_, axs_), (eta, mu) in grouped([params, grads, axs], keys):
+        scale_(params_, 1 - lambd * eta)                                    # decay term
+        torch._foreach_add_(params_, grads_, alpha=-eta)                   # theta_t
+        if mu != 1:                                                         # bar theta_t
+            differences = torch._foreach_sub(params_, axs_)
+            scale_(differences, mu)
+            torch._foreach_add_(axs_, differences)
+        else:
+            torch._foreach_copy_(axs_, params_)
+    for eta, mu, t in zip(etas, mus, steps):
+        new_eta = lr / ((1 + lambd * lr * t) ** alpha)  # torch's expression, in its order
+        if isinstance(new_eta, Tensor):
+            eta.copy_(new_eta)
+        else:
+            eta.fill_(new_eta)
+        mu.fill_(1 / max(1, t - t0))
+
+
+def check_t0(t0) -> float:
+    """``t0`` is a number, not NaN (inf: never average)."""
+    value = as_float(t0, "t0")
+    if math.isnan(value):
+        raise ValueError(f"Invalid t0 value: {t0} (t0 must not be NaN)")
+    return value
+
+
+def check_scalar_states(count: int, **lists: Sequence[Tensor]) -> None:
+    """Each named list holds ``count`` 1-element floating tensors (ASGD's ``mus`` and ``etas``)."""
+    for name, tensors in lists.items():
+        if isinstance(tensors, Tensor) or not isinstance(tensors, Sequence):
+            raise TypeError(f"{name} must be a list of tensors, got {type(tensors).__name__}")
+        if len(tensors) != count:
+            raise ValueError(f"{name} has {len(tensors)} tensors but params has {count}")
+        for index, tensor in enumerate(tensors):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name}[{index}] must be a Tensor, got {type(tensor).__name__}")
+            if tensor.numel() != 1 or not tensor.is_floating_point():
+                raise ValueError(f"{name}[{index}] must be a 1-element floating tensor (0-d, as torch.optim "
+                                 f"keeps it), got {tensor.dtype} of shape {tuple(tensor.shape)}")

@@ -1,5 +1,112 @@
-"""NAdam (being written)."""
+"""NAdam: Adam with Nesterov momentum, its momentum coefficient warmed up by ``momentum_decay``."""
+
+import torch
+from torch import Tensor
+
+from ._math import bias_correction, grouped, scale_
+from ._validation import (
+    check_beta,
+    check_eps,
+    check_lr,
+    check_nonnegative,
+    check_tensor_lists,
+    step_values,
+)
 
 
-def nadam_update(*args, **kwargs):
-    raise NotImplementedError("nadam_update is being written")
+def nadam_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    mu_products: list[Tensor],
+    *,
+    step,
+    lr: float | Tensor,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    momentum_decay: float = 4e-3,
+) -> None:
+    r"""NAdam step, in place, on lists of tensors.
+
+    .. math::
+        \mu_t = \beta_1 \big(1 - \tfrac12\, 0.96^{t\psi}\big) \qquad
+        \mu_{t+1} = \beta_1 \big(1 - \tfrac12\, 0.96^{(t+1)\psi}\big) \qquad
+        \Pi_t = \Pi_{t-1}\,\mu_t = \textstyle\prod_{i=1}^{t} \mu_i
+
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2
+        \qquad d_t = \sqrt{v_t} / \sqrt{1-\beta_2^t} + \epsilon
+
+        \theta_t = \theta_{t-1} - \gamma \frac{1-\mu_t}{1-\Pi_t} \frac{g_t}{d_t}
+                                - \gamma \frac{\mu_{t+1}}{1-\Pi_t\,\mu_{t+1}} \frac{m_t}{d_t}
+
+    with :math:`\psi` the ``momentum_decay``.
+
+    Args:
+        params, grads, exp_avgs, exp_avg_sqs: parallel lists of tensors.
+        mu_products: one 1-element tensor per param holding :math:`\Pi_{t-1}` (1.0 before the first
+            step), multiplied by :math:`\mu_t` in place. torch.optim.NAdam keeps it as state
+            ``mu_product`` (a 0-d float32 tensor) and reads it back rounded; so do we, so that a
+            change of ``beta1`` or ``momentum_decay`` mid-training acts as it does there.
+        step: the step count *after* this update (1 on the first call): an int, or one int or
+            0-d tensor per param.
+        lr, beta1, beta2, eps, momentum_decay: as in ``torch.optim.NAdam``; ``lr`` may be a
+            1-element tensor.
+
+    Mutates params, exp_avgs, exp_avg_sqs and mu_products. Never grads. Weight decay (coupled,
+    or NAdamW's decoupled) is composed in front: ``grads = weight_decay_l2(params, grads, ...)``.
+    The op order is ``torch.optim.NAdam(foreach=True)``'s, which it equals bit for bit on CPU;
+    torch's for-loop path computes :math:`d_t` as :math:`\sqrt{v_t/(1-\beta_2^t)} + \epsilon`
+    (equal to rounding).
+
+    Example:
+        >>> import torch
+        >>> from optkernels import nadam_update
+        >>> params, grads = [torch.ones(3)], [torch.full((3,), 0.5)]
+        >>> exp_avgs, exp_avg_sqs, mu_products = [torch.zeros(3)], [torch.zeros(3)], [torch.tensor(1.0)]
+        >>> nadam_update(params, grads, exp_avgs, exp_avg_sqs, mu_products, step=1, lr=0.1)
+        >>> params[0], mu_products[0]
+        (tensor([0.8944, 0.8944, 0.8944]), tensor(0.4501))
+
+    Reference: Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop; the
+    formulation of torch.optim.NAdam.
+    """
+    count = check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
+    _check_mu_products(mu_products, count)
+    steps = step_values(step, count)
+    lr, eps = check_lr(lr), check_eps(eps)
+    beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
+    momentum_decay = check_nonnegative("momentum_decay", momentum_decay)
+    for (params_, grads_, exp_avgs_, exp_avg_sqs_, mu_products_), t in grouped(
+        [params, grads, exp_avgs, exp_avg_sqs, mu_products], steps
+    ):
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
+        scale_(exp_avg_sqs_, beta2)                                          # v_t
+        torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)
+        denoms = torch._foreach_sqrt(exp_avg_sqs_)
+        mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))          # mu_t
+        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * momentum_decay)))
+        torch._foreach_mul_(mu_products_, mu)                                # Pi_t, rounded as stored
+        torch._foreach_div_(denoms, bias_correction(beta2, t) ** 0.5)        # d_t
+        torch._foreach_add_(denoms, eps)
+        products = [mu_product.item() for mu_product in mu_products_]
+        grad_step_sizes = [(lr * (1.0 - mu) / (1.0 - product)) * -1 for product in products]
+        momentum_step_sizes = [(lr * mu_next / (1.0 - product * mu_next)) * -1 for product in products]
+        torch._foreach_addcdiv_(params_, grads_, denoms, grad_step_sizes)
+        torch._foreach_addcdiv_(params_, exp_avgs_, denoms, momentum_step_sizes)
+
+
+def _check_mu_products(mu_products, count: int) -> None:
+    if isinstance(mu_products, Tensor) or not isinstance(mu_products, (list, tuple)):
+        raise TypeError(f"mu_products must be a list of tensors, got {type(mu_products).__name__}")
+    if len(mu_products) != count:
+        raise ValueError(f"mu_products has {len(mu_products)} tensors but params has {count}")
+    for index, mu_product in enumerate(mu_products):
+        if not isinstance(mu_product, Tensor):
+            raise TypeError(f"mu_products[{index}] must be a Tensor, got {type(mu_product).__name__}")
+        if mu_product.numel() != 1 or not mu_product.is_floating_point():
+            raise ValueError(
+                f"mu_products[{index}] must be a 1-element real floating-point tensor, got "
+                f"{mu_product.dtype} of shape {tuple(mu_product.shape)}"
+            )

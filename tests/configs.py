@@ -33,14 +33,23 @@ PARITY: dict[type, Parity] = {
     torch.optim.RAdam: Parity(exact_modes=frozenset({"foreach"})),
     torch.optim.SGD: Parity(),
     # --- one line per class; each is owned by whoever writes that algorithm ---
-    torch.optim.NAdam: Parity(),
+    # torch's for-loop NAdam divides v_t by 1-beta2^t before the sqrt; its foreach path (ours) after.
+    torch.optim.NAdam: Parity(exact_modes=frozenset({"foreach"})),
     torch.optim.Adamax: Parity(),
-    torch.optim.Adagrad: Parity(),
+    # torch's Adagrad creates state for every param at construction (the generic test requires a
+    # never-trained param to have none) and takes sparse grads: tests/wrappers/test_adagrad.py.
+    torch.optim.Adagrad: Parity(dedicated=True),
     torch.optim.Adadelta: Parity(),
     torch.optim.RMSprop: Parity(),
     torch.optim.Rprop: Parity(),
-    torch.optim.ASGD: Parity(),
-    torch.optim.Adafactor: Parity(),
+    # We follow torch's for-loop ASGD (its CPU default) op for op. Its foreach path updates
+    # theta - eta*(g + lambd*theta), averages while mu == 1 too, and computes the float32 eta in
+    # float32 arithmetic, so float64 params agree with it only to float32 roundings of eta: a
+    # tolerance per class, which the generic test lacks; tests/wrappers/test_asgd.py.
+    torch.optim.ASGD: Parity(exact_modes=frozenset({"forloop"}), dedicated=True),
+    # torch's default (for-loop) path adds the update with alpha in one rounding; its foreach path
+    # multiplies, then adds. torch refuses complex params.
+    torch.optim.Adafactor: Parity(exact_modes=frozenset({"forloop"}), complex=False),
     torch.optim.SparseAdam: Parity(dedicated=True),
     torch.optim.LBFGS: Parity(dedicated=True),
     torch.optim.Muon: Parity(dedicated=True),
@@ -121,9 +130,29 @@ _OUR_CASES = [
     _case("SGD", dict(lr=0.05, momentum=0.5, nesterov=True), "nesterov no decay"),
     _case("SGD", dict(momentum=0.9, dampening=0.3, weight_decay=0.2, maximize=True), "dampening decay maximize"),
     # --- NAdam, Adamax ---
+    _case("NAdam", dict(lr=0.05, betas=(0.8, 0.9), eps=1e-6, momentum_decay=0.5, maximize=True),
+          "betas eps fast momentum warmup maximize"),
+    _case("NAdam", dict(momentum_decay=0.0, weight_decay=0.2, decoupled_weight_decay=True, maximize=True),
+          "constant momentum decoupled maximize"),
+    _case("Adamax", dict(lr=0.05, betas=(0.5, 0.8), eps=1e-3, weight_decay=0.3), "betas eps weight_decay"),
+    # torch's for-loop path computes the step sizes from a tensor lr in its dtype; its foreach path
+    # and ours from lr.item() in double. A float64 lr rounds as ours; for a float32 lr the for-loop
+    # path's fp64 params differ by float32 roundings (tests/wrappers/test_nadam.py checks that
+    # one against foreach, exactly)
+    _case("NAdam", dict(lr=torch.tensor(0.01, dtype=torch.float64)), "float64 tensor lr"),
+    _case("Adamax", dict(lr=torch.tensor(0.01), maximize=True), "tensor lr maximize",
+          exact_modes=frozenset({"foreach"}), tolerance=dict(rtol=1e-6, atol=1e-6)),
     # --- Adagrad, Adadelta, RMSprop ---
     # --- Rprop, ASGD ---
+    # step sizes hit both bounds within the run (etaplus 1.7 from 0.01 to 0.05; etaminus 0.3 to 1e-3)
+    _case("Rprop", dict(lr=0.01, etas=(0.3, 1.7), step_sizes=(1e-3, 0.05), maximize=True),
+          "etas step_sizes clamped maximize"),
+    _case("Rprop", dict(lr=torch.tensor(0.05), step_sizes=(0.0, float("inf"))), "tensor lr unbounded"),
+    # (ASGD is tested in tests/wrappers/test_asgd.py: see PARITY)
     # --- Adafactor ---
+    # lr above 1/sqrt(t), so rho_t = 1/sqrt(t) falls each step; eps1 and eps2 large enough to bind
+    _case("Adafactor", dict(lr=0.5, eps=(1e-2, 0.5), d=2.0, beta2_decay=-0.5), "large lr eps d"),
+    _case("Adafactor", dict(lr=torch.tensor(0.05), weight_decay=0.2, maximize=True), "tensor lr decay maximize"),
 ]
 
 CASES: list[Case] = _torch_cases() + [case for case in _OUR_CASES if case is not None]

@@ -1,8 +1,27 @@
-"""Adadelta (being written)."""
+"""Adadelta, a drop-in for torch.optim.Adadelta."""
+
+from optkernels import adadelta_update, weight_decay_l2
+from optkernels.adadelta import check_rho
 
 from .base import KernelOptimizer
 
 
 class Adadelta(KernelOptimizer):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("Adadelta is being written")
+    """Adadelta; see :func:`adadelta_update`. Keeps ``step`` as torch does, though the rule never reads it."""
+
+    state_names = ("square_avg", "acc_delta")
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *, capturable=False,
+                 maximize=False, differentiable=False):
+        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                        capturable=capturable, foreach=foreach, differentiable=differentiable)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_rho(group["rho"])
+
+    def _update(self, group, params, grads, state, step):
+        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
+        adadelta_update(params, grads, state["square_avg"], state["acc_delta"], lr=group["lr"], rho=group["rho"],
+                        eps=group["eps"])

@@ -1,8 +1,86 @@
-"""Adafactor (being written)."""
+"""Adafactor, a drop-in for torch.optim.Adafactor."""
+
+import math
+
+import torch
+
+from optkernels import adafactor_update
+from optkernels._validation import as_float
 
 from .base import KernelOptimizer
 
 
 class Adafactor(KernelOptimizer):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("Adafactor is being written")
+    """Adafactor as torch.optim.Adafactor computes it; see :func:`optkernels.adafactor_update`.
+
+    Per-param state as torch keeps it: ``step``, then ``row_var`` and ``col_var`` for a param of
+    2 or more dims, ``variance`` for a 0-d or 1-d one.
+    """
+
+    def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
+                 foreach=None, maximize=False):
+        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+                        foreach=foreach, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        super()._check_group({name: value for name, value in group.items() if name != "eps"})  # a pair here
+        if "eps" in group:
+            eps = group["eps"]
+            if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+                raise ValueError(f"eps must be a pair (eps1, eps2), got {eps!r}")
+            for index, value in enumerate(eps):
+                if index == 0 and value is None:
+                    continue
+                if not _finite_at_least(value, f"eps[{index}]", 0.0):
+                    raise ValueError(f"epsilon{index + 1} should be >= 0 but is: {value} "
+                                     f"(eps[{index}] must be finite and >= 0)")
+        if "beta2_decay" in group and not as_float(group["beta2_decay"], "beta2_decay") <= 0:
+            raise ValueError(f"beta2_decay should be <= 0 but is: {group['beta2_decay']}")
+        if "d" in group and not as_float(group["d"], "d") >= 1:
+            raise ValueError(f"Clipping threshold d should be >= 1 but is: {group['d']}")
+
+    def _collect(self, group):
+        # before any group is touched, so a complex param anywhere changes nothing
+        for param in group["params"]:
+            if param.grad is not None and param.is_complex():
+                raise RuntimeError("Adafactor does not support complex parameters")
+        return super()._collect(group)
+
+    def _update(self, group, params, grads, state, step):
+        factors = [self._factors(param, grad) for param, grad in zip(params, grads)]
+        row_vars, col_vars, variances = (list(column) for column in zip(*factors))
+        eps1, eps2 = group["eps"]
+        if eps1 is None:  # torch's for-loop path takes the first param's dtype for the whole group
+            eps1 = torch.finfo(params[0].dtype).eps
+        adafactor_update(params, grads, row_vars, col_vars, variances, step=step, lr=group["lr"],
+                         beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2, d=group["d"],
+                         weight_decay=group["weight_decay"])
+        for param, grad, row_var, col_var, variance in zip(params, grads, row_vars, col_vars, variances):
+            param_state = self.state[param]
+            if grad.dim() > 1:
+                param_state.setdefault("row_var", row_var)
+                param_state.setdefault("col_var", col_var)
+            else:
+                param_state.setdefault("variance", variance)
+
+    def _factors(self, param, grad):
+        """(row_var, col_var, variance): the state this param has, or new zeros as torch makes them."""
+        param_state = self.state.get(param, {})
+        if grad.dim() > 1:
+            row_var = param_state.get("row_var")
+            col_var = param_state.get("col_var")
+            if row_var is None:
+                row_var = grad.new_zeros((*grad.shape[:-1], 1))
+            if col_var is None:
+                col_var = grad.new_zeros((*grad.shape[:-2], 1, grad.shape[-1]))
+            return row_var, col_var, None
+        variance = param_state.get("variance")
+        if variance is None:
+            variance = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        return None, None, variance
+
+
+def _finite_at_least(value, name: str, bound: float) -> bool:
+    number = as_float(value, name)
+    return math.isfinite(number) and number >= bound

@@ -1,8 +1,61 @@
-"""Adagrad (being written)."""
+"""Adagrad, a drop-in for torch.optim.Adagrad."""
+
+import torch
+
+from optkernels import adagrad_update, weight_decay_l2
+from optkernels._validation import check_nonnegative
 
 from .base import KernelOptimizer
 
 
 class Adagrad(KernelOptimizer):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("Adagrad is being written")
+    """Adagrad with lr decay; see :func:`adagrad_update`. Takes sparse gradients (without weight decay).
+
+    As torch.optim.Adagrad, it creates every param's state (``step`` and ``sum``) when it is
+    constructed, so a state_dict taken before the first step already holds it; params of groups
+    added later get theirs at their first step. The accumulators start at the constructor's
+    ``initial_accumulator_value``, also in groups that give their own, as in torch.
+    """
+
+    state_names = ("sum",)
+    takes_sparse_grads = True
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 foreach=None, *, maximize=False, differentiable=False, fused=None):
+        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
+                        differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for param in group["params"]:
+                self.state[param].update({name: self._new_state(name, param) for name in ("step", "sum")})
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_nonnegative("lr_decay", group["lr_decay"])
+        check_nonnegative("initial_accumulator_value", group["initial_accumulator_value"])
+
+    def _init_state(self, name, param):
+        # torch reads the constructor's value here, never the group's
+        value = self.defaults["initial_accumulator_value"]
+        value = complex(value, value) if param.is_complex() else value
+        return torch.full_like(param, value, memory_format=torch.preserve_format)
+
+    def _collect(self, group):
+        batch = super()._collect(group)
+        grads = batch[1]
+        if group["weight_decay"] != 0 and any(grad.is_sparse for grad in grads):
+            # checked here, before any group is stepped, so the error changes nothing
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        return batch
+
+    def _update(self, group, params, grads, state, step):
+        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
+        adagrad_update(params, grads, state["sum"], step=step, lr=group["lr"], lr_decay=group["lr_decay"],
+                       eps=group["eps"])
+
+    def share_memory(self) -> None:
+        """Move the ``sum`` accumulators to shared memory (as torch.optim.Adagrad does, for Hogwild)."""
+        for param_state in self.state.values():
+            if "sum" in param_state:
+                param_state["sum"].share_memory_()

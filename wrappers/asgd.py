@@ -1,8 +1,80 @@
-"""ASGD (being written)."""
+"""ASGD, a drop-in for torch.optim.ASGD."""
 
-from .base import KernelOptimizer
+import torch
+
+from optkernels import asgd_update, weight_decay_l2
+from optkernels._validation import as_float, check_nonnegative
+from optkernels.asgd import check_scalar_states, check_t0
+
+from .base import KernelOptimizer, _scalar_dtype
+
+# torch's order of a param's state keys
+_STATE_ORDER = ("step", "eta", "mu", "ax")
 
 
 class ASGD(KernelOptimizer):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("ASGD is being written")
+    """Averaged SGD; see :func:`optkernels.asgd_update`.
+
+    State as torch.optim.ASGD's: ``step``, ``eta`` and ``mu`` (0-d tensors of torch's scalar
+    dtype on the param's device) and ``ax`` (the running average of the param).
+    """
+
+    state_names = ("ax",)  # eta and mu are 0-d, so the base class does not collect them
+
+    def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, foreach=None,
+                 maximize=False, differentiable=False, capturable=False):
+        defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable, capturable=capturable)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_nonnegative("lambd", group["lambd"])
+        check_nonnegative("alpha", group["alpha"])
+        check_t0(group["t0"])
+
+    def _new_state(self, name, param):
+        if name == "step":  # torch keeps ASGD's step on the param's device
+            return torch.zeros((), dtype=_scalar_dtype(), device=param.device)
+        return super()._new_state(name, param)
+
+    def _collect(self, group):
+        params, grads, state, created, kernel_made = super()._collect(group)
+        # Add eta and mu beside the collected state, created with the rest of a param's state
+        # (installed only once every group is checked).
+        new_state = dict(created)
+        state["eta"], state["mu"] = [], []
+        for param in params:
+            existing = self.state.get(param, {})
+            for name in ("eta", "mu"):
+                tensor = existing.get(name)
+                if tensor is None:
+                    tensor = self._new_scalar(name, param, group)
+                    new_state.setdefault(param, {})[name] = tensor
+                state[name].append(tensor)
+        check_scalar_states(len(params), eta=state["eta"], mu=state["mu"])
+        created = [(param, {name: entries[name] for name in _STATE_ORDER if name in entries})
+                   for param, entries in new_state.items()]
+        return params, grads, state, created, kernel_made
+
+    @staticmethod
+    def _new_scalar(name, param, group):
+        value = as_float(group["lr"], "lr") if name == "eta" else 1.0
+        return torch.tensor(value, dtype=_scalar_dtype(), device=param.device)
+
+    def _update(self, group, params, grads, state, step):
+        # torch views complex params as real pairs before its weight decay too, which rounds
+        # differently from complex arithmetic
+        params, grads, axs = ([torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+                              for tensors in (params, grads, state["ax"]))
+        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
+        asgd_update(params, grads, axs, state["mu"], state["eta"], step=step, lr=group["lr"],
+                    lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"])
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for param, param_state in self.state.items():  # as torch: an old checkpoint's float eta and mu
+            for name in ("eta", "mu"):
+                if name in param_state and not torch.is_tensor(param_state[name]):
+                    param_state[name] = torch.tensor(float(param_state[name]), dtype=_scalar_dtype(),
+                                                     device=param.device)

@@ -1,8 +1,53 @@
-"""NAdam (being written)."""
+"""NAdam (and NAdamW), a drop-in for torch.optim.NAdam."""
 
-from .base import KernelOptimizer
+import torch
+
+from optkernels import nadam_update, weight_decay_l2
+from optkernels._validation import check_nonnegative
+
+from .base import KernelOptimizer, _scalar_dtype
 
 
 class NAdam(KernelOptimizer):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("NAdam is being written")
+    """NAdam, with decoupled weight decay (NAdamW) when ``decoupled_weight_decay=True``; see
+    :func:`nadam_update`.
+
+    Per-param state as torch.optim.NAdam's: ``step``, ``mu_product`` (a 0-d tensor of the
+    scalar dtype, created at 1.0), ``exp_avg`` and ``exp_avg_sq``.
+    """
+
+    # mu_product is state too, but 0-d: the base class checks these against the param's shape,
+    # so it is kept by ``_update`` itself.
+    state_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach,
+                        capturable=capturable, differentiable=differentiable)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_nonnegative("momentum_decay", group["momentum_decay"])
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for param_state in self.state.values():  # as torch.optim.NAdam: an old checkpoint's float
+            if "mu_product" in param_state and not torch.is_tensor(param_state["mu_product"]):
+                param_state["mu_product"] = torch.tensor(param_state["mu_product"], dtype=_scalar_dtype())
+
+    def _update(self, group, params, grads, state, step):
+        mu_products = [self._mu_product(param) for param in params]
+        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
+                                decoupled=group["decoupled_weight_decay"])
+        nadam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], mu_products, step=step,
+                     lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
+                     momentum_decay=group["momentum_decay"])
+
+    def _mu_product(self, param):
+        param_state = self.state[param]
+        if "mu_product" not in param_state:
+            param_state["mu_product"] = torch.tensor(1.0, dtype=_scalar_dtype())
+        return param_state["mu_product"]

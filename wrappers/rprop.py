@@ -1,8 +1,53 @@
-"""Rprop (being written)."""
+"""Rprop, a drop-in for torch.optim.Rprop."""
+
+import torch
+
+from optkernels import rprop_update
+from optkernels._validation import as_float
+from optkernels.rprop import check_etas, check_step_size_bounds
 
 from .base import KernelOptimizer
 
 
+def _check_pair(name: str, value) -> None:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair, got {value!r}")
+
+
 class Rprop(KernelOptimizer):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("Rprop is being written")
+    """Resilient backpropagation; see :func:`optkernels.rprop_update`.
+
+    State as torch.optim.Rprop's: ``step``, ``prev`` (zeros) and ``step_size`` (filled with the
+    group's lr on the param's first step; later changes of lr do not affect it, as in torch).
+    """
+
+    state_names = ("prev", "step_size")
+
+    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, capturable=False,
+                 foreach=None, maximize=False, differentiable=False):
+        defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
+                        differentiable=differentiable, capturable=capturable)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        _check_pair("etas", group["etas"])
+        check_etas(*group["etas"])
+        _check_pair("step_sizes", group["step_sizes"])
+        check_step_size_bounds(*group["step_sizes"])
+
+    def _init_state(self, name, param):
+        if name == "step_size":
+            return None  # filled with lr in _update, where the group is known
+        return super()._init_state(name, param)
+
+    def _update(self, group, params, grads, state, step):
+        step_sizes = state["step_size"]
+        for index, grad in enumerate(grads):
+            if step_sizes[index] is None:
+                # as torch: shaped like the grad, and a complex lr + lr*i for complex params
+                lr = as_float(group["lr"], "lr")
+                step_sizes[index] = torch.full_like(grad, complex(lr, lr) if grad.is_complex() else lr)
+        (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
+        rprop_update(params, grads, state["prev"], step_sizes, etaminus=etaminus, etaplus=etaplus,
+                     step_size_min=step_size_min, step_size_max=step_size_max)

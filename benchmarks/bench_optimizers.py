@@ -1,4 +1,4 @@
-"""One Adam step of every variant on every workload, with pytest-benchmark.
+"""One step of every algorithm, variant and workload, with pytest-benchmark.
 
 Each test builds only its own variant, steps it once so the optimizer state exists, then times
 ``step()``. The interleaved comparison with the roofline is ``python -m benchmarks.report``.
@@ -6,19 +6,21 @@ Each test builds only its own variant, steps it once so the optimizer state exis
 
 import pytest
 
-from benchmarks.variants import ADAM, VARIANTS, build_steppers
+from benchmarks.variants import ALGORITHMS, VARIANTS, build_steppers
 from benchmarks.workloads import WORKLOADS, get_workload
 
 
 @pytest.mark.parametrize("workload_name", WORKLOADS)
 @pytest.mark.parametrize("variant_name", [variant.name for variant in VARIANTS])
-def test_adam_step(benchmark, bench_scale, device, workload_name, variant_name):
-    workload = get_workload(workload_name, bench_scale)
+@pytest.mark.parametrize("algorithm_name", ALGORITHMS)
+def test_step(benchmark, bench_scale, device, algorithm_name, variant_name, workload_name):
+    algorithm, workload = ALGORITHMS[algorithm_name], get_workload(workload_name, bench_scale)
     params, grads = workload.tensors(seed=0, device=device), workload.tensors(seed=1, device=device)
-    steppers = build_steppers(ADAM, params, grads, device, names=[variant_name])
+    steppers = build_steppers(algorithm, params, grads, device, names=[variant_name])
     if variant_name not in steppers:
-        pytest.skip(f"{variant_name} is not available for Adam on {device}")
+        pytest.skip(f"{variant_name} is not available for {algorithm_name} on {device}")
     step = steppers[variant_name]
     step()  # creates the state, as the first step of training does
+    benchmark.group = f"{device.type} {workload.name} {algorithm_name}"
     benchmark.extra_info.update(workload=workload.name, elements=workload.numel, tensors=len(workload.shapes))
     benchmark(step)
