@@ -158,6 +158,20 @@ _OUR_CASES = [
 CASES: list[Case] = _torch_cases() + [case for case in _OUR_CASES if case is not None]
 
 
+# --- the wrappers as the API tests use them -------------------------------------------------------
+# Wrappers that step any float params with dense grads and no closure. LBFGS (closure-driven),
+# SparseAdam (sparse grads only) and Muon (2-D params only) have API tests of their own.
+GENERIC_WRAPPERS = [name for name in wrappers.__all__ if name not in ("KernelOptimizer", "LBFGS", "SparseAdam", "Muon")]
+TORCH_TWINS = [name for name in GENERIC_WRAPPERS if hasattr(torch.optim, name)]
+# A valid configuration of each, one that keeps state (SGD with momentum).
+API_KWARGS = {name: dict(lr=0.01) for name in GENERIC_WRAPPERS} | {"SGD": dict(lr=0.05, momentum=0.9)}
+
+
+def exact_torch_mode(name: str) -> dict[str, bool]:
+    """The ``foreach`` flag of the torch.optim implementation whose op order ours follows."""
+    return {"foreach": "foreach" in PARITY[getattr(torch.optim, name)].exact_modes}
+
+
 # The kernels called as a user calls them: ``call(params, grads, states, step, lr)`` with
 # ``states`` one list per state tensor the kernel keeps (SGD's starts as ``None`` entries).
 @dataclasses.dataclass(frozen=True)

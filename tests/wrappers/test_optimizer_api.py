@@ -1,12 +1,13 @@
 """The wrappers behave as torch.optim optimizers: closures, zero_grad, param groups, hooks,
 lr schedulers, tensor lr, named params, skipped params, copying and pickling.
 
-Where torch.optim has the class, results are compared with ``torch.optim.X(foreach=True)``, whose
-op order our kernels follow, so they agree exactly. AdaBelief has no torch counterpart; it is
+Where torch.optim has the class, results are compared with the torch.optim implementation whose
+op order our kernel follows (``tests.configs.exact_torch_mode``), so they agree exactly. AdaBelief has no torch counterpart; it is
 compared with itself driven by hand.
 """
 
 import copy
+import inspect
 import pickle
 
 import pytest
@@ -15,17 +16,11 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 import wrappers
+from tests.configs import API_KWARGS as KWARGS
+from tests.configs import GENERIC_WRAPPERS as WRAPPERS
+from tests.configs import TORCH_TWINS, exact_torch_mode
 
 EXACT = dict(rtol=0.0, atol=0.0)
-WRAPPERS = ["Adam", "AdamW", "RAdam", "SGD", "AdaBelief"]
-TORCH_TWINS = ["Adam", "AdamW", "RAdam", "SGD"]
-KWARGS = {
-    "Adam": dict(lr=0.01),
-    "AdamW": dict(lr=0.01),
-    "RAdam": dict(lr=0.01),
-    "SGD": dict(lr=0.05, momentum=0.9),
-    "AdaBelief": dict(lr=0.01),
-}
 
 
 def ours(name, params, **overrides):
@@ -33,7 +28,13 @@ def ours(name, params, **overrides):
 
 
 def theirs(name, params, **overrides):
-    return getattr(torch.optim, name)(params, **{**KWARGS[name], **overrides}, foreach=True)
+    return getattr(torch.optim, name)(params, **{**KWARGS[name], **overrides}, **exact_torch_mode(name))
+
+
+def with_decay(name, weight_decay=0.01):
+    """``weight_decay=...`` for the wrappers that take it (Rprop has none)."""
+    takes = "weight_decay" in inspect.signature(getattr(wrappers, name)).parameters
+    return dict(weight_decay=weight_decay) if takes else {}
 
 
 def make_params(n=3, seed=0):
@@ -296,8 +297,9 @@ N_STEPS = 10
 
 
 def _cycle(name):
-    # betas are cycled for Adam-like optimizers; SGD is tried both ways (it has a momentum to cycle)
-    return [True] if name != "SGD" else [False, True]
+    # OneCycleLR cycles beta1 or momentum where the optimizer has one (tried both ways for momentum)
+    parameters = inspect.signature(getattr(wrappers, name)).parameters
+    return [True] if "betas" in parameters else [False, True] if "momentum" in parameters else [False]
 
 
 SCHEDULER_CASES = [
@@ -569,7 +571,7 @@ def _copy(opt, how):
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_copy_of_optimizer(name, how):
     params = make_params()
-    opt = ours(name, params, weight_decay=0.01)
+    opt = ours(name, params, **with_decay(name))
     for i in range(2):
         set_grads(params, i)
         opt.step()
