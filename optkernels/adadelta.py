@@ -35,7 +35,10 @@ def adadelta_update(
     The rule does not depend on the step count, so there is no ``step`` argument.
     Mutates params, square_avgs and acc_deltas. Never grads. Weight decay is composed in
     front: ``grads = weight_decay_l2(params, grads, ...)``. The op order is torch.optim.Adadelta's
-    (its for-loop and foreach paths run the same ops), so results equal it bit for bit on CPU.
+    (its for-loop and foreach paths run the same ops), so results equal it bit for bit on CPU in
+    fp32 and fp64, and its for-loop path in bf16 (its foreach path rounds ``rho`` to bf16).
+    Complex params are viewed as real pairs, as torch's foreach path does; its for-loop path
+    adds the last step as complex numbers, which rounds differently (unless ``lr`` is a power of 2).
 
     Example:
         >>> import torch

@@ -35,12 +35,17 @@ def adagrad_update(
 
     Mutates params and state_sums. Never grads. Weight decay is composed in front:
     ``grads = weight_decay_l2(params, grads, ...)`` (dense grads only, as in torch). A sparse
-    gradient updates only the entries it holds, one tensor at a time, as torch does.
+    gradient updates only the entries it holds, one tensor at a time, as torch does; sparse
+    grads of complex params are refused (torch squares them as complex numbers, not
+    :math:`|g|^2`). Dense complex params are viewed as real pairs, as torch does.
 
-    The op order is torch.optim.Adagrad's for-loop path. Its foreach path multiplies the
-    gradient by :math:`-\tilde\gamma_t` before dividing, where the for-loop's ``addcdiv``
-    does the same in the same order, so in fp32 and fp64 both equal this bit for bit on CPU;
-    in bf16 the foreach product is rounded to bf16 first, so we equal the for-loop path there.
+    The op order is torch.optim.Adagrad's for-loop path (``_single_tensor_adagrad``, also what
+    its foreach path runs for a group holding a sparse grad). On CPU the for-loop's
+    ``addcdiv(g, std, value=-lr_t)`` computes ``(-lr_t * g) / std``, the product and quotient
+    its foreach path computes in two ops, so in fp32 and fp64 both paths equal this bit for
+    bit; in bf16 the foreach path rounds the product to bf16 in between, so there we equal the
+    for-loop path. A tensor ``lr`` is decayed in double here, in float32 by torch (an ulp of
+    ``lr`` apart when ``lr_decay`` is not 0).
 
     Example:
         >>> import torch

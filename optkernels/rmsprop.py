@@ -45,7 +45,8 @@ def rmsprop_update(
     Mutates params, square_avgs, grad_avgs and momentum_buffers. Never grads. Weight decay is
     composed in front: ``grads = weight_decay_l2(params, grads, ...)``. The op order is
     torch.optim.RMSprop's (its for-loop and foreach paths run the same ops), so results equal it
-    bit for bit on CPU.
+    bit for bit on CPU in fp32, fp64 and complex (viewed as real pairs, as torch does), and its
+    for-loop path in bf16 (its foreach path rounds ``alpha`` and ``momentum`` to bf16).
 
     Example:
         >>> import torch

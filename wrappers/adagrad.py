@@ -42,15 +42,22 @@ class Adagrad(KernelOptimizer):
         return torch.full_like(param, value, memory_format=torch.preserve_format)
 
     def _collect(self, group):
+        # sparse-grad rules checked here, before any group is stepped, so an error changes nothing
         batch = super()._collect(group)
-        grads = batch[1]
-        if group["weight_decay"] != 0 and any(grad.is_sparse for grad in grads):
-            # checked here, before any group is stepped, so the error changes nothing
-            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        for index, grad in enumerate(batch[1]):
+            if not grad.is_sparse:
+                continue
+            if group["weight_decay"] != 0:
+                raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+            if grad.is_complex():
+                # torch squares the complex values (not |g|^2): its sums would be wrong
+                raise RuntimeError(f"grads[{index}] of this group is sparse and complex; Adagrad takes "
+                                   "sparse grads of real params only")
         return batch
 
     def _update(self, group, params, grads, state, step):
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
+        if group["weight_decay"] != 0:  # weight_decay_l2 takes dense grads only (sparse ones have none)
+            grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         adagrad_update(params, grads, state["sum"], step=step, lr=group["lr"], lr_decay=group["lr_decay"],
                        eps=group["eps"])
 

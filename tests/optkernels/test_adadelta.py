@@ -3,9 +3,10 @@
 
 torch's two paths run the same ops in the same order, and so does the kernel: fp32 and fp64 are
 equal bit for bit to both. Complex params are viewed as real pairs, as torch's foreach path does
-(equal bit for bit); its for-loop adds the final step as complex numbers (to rounding). In bf16 torch's foreach ``_foreach_mul_`` rounds rho to
-bf16 (0.9 becomes 0.8984375); the kernel keeps it as the for-loop's ``mul_`` does, so bf16 is
-equal to the for-loop path and close to the foreach one.
+(equal bit for bit); its for-loop adds the final step as complex numbers (equal to rounding).
+In bf16 torch's foreach ``_foreach_mul_`` rounds rho to bf16 (0.9 becomes 0.8984375); the kernel
+keeps it as the for-loop's ``mul_`` does, so bf16 equals the for-loop path and is close to the
+foreach one.
 """
 
 import math
@@ -55,7 +56,8 @@ def assert_lists_match(mine, theirs, exact, where):
     for index, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
         if b.numel():  # tolerance() scales with the largest entry
-            torch.testing.assert_close(a, b, **tolerance(b.dtype, exact, b), msg=lambda m: f"{where}, tensor {index}: {m}")
+            torch.testing.assert_close(a, b, **tolerance(b.dtype, exact, b),
+                                       msg=lambda m: f"{where}, tensor {index}: {m}")
 
 
 @pytest.mark.parametrize("hparams", list(HPARAMS))

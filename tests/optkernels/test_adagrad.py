@@ -12,11 +12,10 @@ import re
 
 import pytest
 import torch
-
 from torch.optim.adagrad import adagrad as torch_functional_adagrad
 
 from optkernels import adagrad_update, weight_decay_l2
-from tests.helpers import EXACT, laid_out, same_layout_copy, tolerance
+from tests.helpers import laid_out, same_layout_copy, tolerance
 
 # A matrix, a vector, a 0-d tensor, a transposed matrix, a strided view and an empty tensor.
 LAYOUTS = [((4, 5), "contiguous"), ((7,), "contiguous"), ((), "contiguous"), ((6, 3), "transposed"),
@@ -54,7 +53,8 @@ def assert_lists_match(mine, theirs, exact, where):
     for index, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
         if b.numel():  # tolerance() scales with the largest entry
-            torch.testing.assert_close(a, b, **tolerance(b.dtype, exact, b), msg=lambda m: f"{where}, tensor {index}: {m}")
+            torch.testing.assert_close(a, b, **tolerance(b.dtype, exact, b),
+                                       msg=lambda m: f"{where}, tensor {index}: {m}")
 
 
 @pytest.mark.parametrize("hparams", list(HPARAMS))
