@@ -102,6 +102,21 @@ def _sgd(params, grads, options):
     return lambda: ok.sgd_update(params, grads, momentum_buffers, lr=options["lr"], momentum=options["momentum"])
 
 
+def _adagrad(params, grads, options):
+    state_sums = _zeros(params)  # initial_accumulator_value 0, torch's default
+    return _counted(lambda t: ok.adagrad_update(params, grads, state_sums, step=t, lr=options["lr"]))
+
+
+def _adadelta(params, grads, options):
+    square_avgs, acc_deltas = _zeros(params), _zeros(params)
+    return lambda: ok.adadelta_update(params, grads, square_avgs, acc_deltas, lr=options["lr"])
+
+
+def _rmsprop(params, grads, options):
+    square_avgs = _zeros(params)
+    return lambda: ok.rmsprop_update(params, grads, square_avgs, lr=options["lr"])
+
+
 # --- the registry ----------------------------------------------------------------------------------
 ADAM_OPTIONS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
 
@@ -114,6 +129,12 @@ ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
               dict(ADAM_OPTIONS, eps=1e-16)),
     # reads param, grad, momentum_buffer; writes param, momentum_buffer
     Algorithm("sgd", wrappers.SGD, torch.optim.SGD, _sgd, _passes(5), dict(lr=1e-2, momentum=0.9)),
+    # reads param, grad, sum; writes param, sum
+    Algorithm("adagrad", wrappers.Adagrad, torch.optim.Adagrad, _adagrad, _passes(5), dict(lr=1e-2)),
+    # reads param, grad, square_avg, acc_delta; writes param, square_avg, acc_delta
+    Algorithm("adadelta", wrappers.Adadelta, torch.optim.Adadelta, _adadelta, _passes(7), dict(lr=1.0)),
+    # reads param, grad, square_avg; writes param, square_avg
+    Algorithm("rmsprop", wrappers.RMSprop, torch.optim.RMSprop, _rmsprop, _passes(5), dict(lr=1e-2)),
 )}
 
 

@@ -80,20 +80,19 @@ def weight_decay_l1(
     adaptive kernels then rescale the penalty as they do the gradient, as coupled L2 does.
 
     Decoupled soft-thresholds params in place by :math:`\tau = \gamma\lambda` (``lr *
-    weight_decay``) and returns ``grads`` unchanged: the proximal operator of
-    :math:`\gamma\lambda\lVert\theta\rVert_1`, as in proximal gradient methods (ISTA, FOBOS).
-    Entries with :math:`|\theta| \le \tau` become exact zeros and the others move
-    :math:`\tau` towards zero, never across it, which makes the sparse solutions L1 is used for.
-    The naive decoupled rule :math:`\theta \leftarrow \theta - \tau\,\operatorname{sign}(\theta)`
-    does neither: it hops over zero and leaves entries oscillating around it. As with decoupled
-    L2 (AdamW), the decay is applied before the optimizer's step, so the step that follows moves
-    the zeros again by their gradient step. Called *after* the kernel instead (it needs nothing
-    from the grads), it completes a proximal gradient step :math:`\theta \leftarrow
-    S_\tau(\theta - \gamma\,\text{step})`, as ISTA and TensorFlow's proximal optimizers do: the
-    params are then exactly sparse after every step, and SGD's iterates converge to the lasso
-    solution itself. For real tensors it is computed
-    as :math:`\theta - \operatorname{clamp}(\theta, -\tau, \tau)`, which equals the formula above
-    bit for bit (each entry is rounded once); in bf16/fp16 :math:`\tau` is rounded to the dtype.
+    weight_decay``) and returns ``grads`` unchanged. This is the proximal operator of
+    :math:`\gamma\lambda\lVert\theta\rVert_1` (ISTA, FOBOS): entries with :math:`|\theta| \le \tau`
+    become exact zeros, the others move :math:`\tau` towards zero and never across it. The naive
+    :math:`\theta \leftarrow \theta - \tau\,\operatorname{sign}(\theta)` does neither: it hops over
+    zero and leaves entries oscillating around it. For real tensors it is computed as
+    :math:`\theta - \operatorname{clamp}(\theta, -\tau, \tau)`, equal to the formula bit for bit
+    (one rounding per entry); in bf16/fp16 :math:`\tau` is rounded to the dtype.
+
+    In front of a kernel (as decoupled L2 / AdamW is) the step that follows moves the zeros again
+    by their own step. Called *after* the kernel instead (it needs nothing from the grads), it
+    completes a proximal gradient step :math:`\theta \leftarrow S_\tau(\theta - \gamma\,\text{step})`,
+    as ISTA and TensorFlow's proximal optimizers do: params are exactly sparse after every step,
+    and with SGD the iterates converge to the lasso solution itself.
 
     Complex params are penalised by their modulus, :math:`\lambda \sum_i |z_i|`, the usual
     complex lasso (invariant to the phase): ``sign`` is then ``torch.sgn``, :math:`z/|z|`, in

@@ -31,6 +31,15 @@ class NAdam(KernelOptimizer):
     def _check_group(self, group):
         super()._check_group(group)
         check_nonnegative("momentum_decay", group["momentum_decay"])
+        # The base class checks the other state before any group is stepped; mu_product is ours.
+        # (``params`` is a list once the group is added; the constructor checks defaults without.)
+        params = group.get("params")
+        for index, param in enumerate(params if isinstance(params, list) else ()):
+            mu_product = self.state.get(param, {}).get("mu_product")
+            if mu_product is not None and not (torch.is_tensor(mu_product) and mu_product.numel() == 1
+                                               and mu_product.is_floating_point()):
+                raise ValueError(f"state 'mu_product' of params[{index}] must be a 1-element real "
+                                 f"floating-point tensor, got {mu_product!r}")
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -88,6 +88,12 @@ def torch_opt(name, params, kwargs):
     return getattr(torch.optim, name)(params, **kwargs, **exact_torch_mode(name))
 
 
+def keep_exact_torch_mode(opt_t, name):
+    """Loading brings our saved ``foreach`` (None: torch's CPU for-loop); keep the mode ours follows."""
+    for group in opt_t.param_groups:
+        group.update(exact_torch_mode(name))
+
+
 def our_opt(name, params, kwargs):
     return getattr(wrappers, name)(params, **kwargs)
 
@@ -146,6 +152,7 @@ def test_wrapper_checkpoint_loads_into_torch(name, desc, kwargs):
     params_t = clone_params(params_o)
     opt_t = torch_opt(name, params_t, kwargs)
     opt_t.load_state_dict(through_disk(opt_o.state_dict()))
+    keep_exact_torch_mode(opt_t, name)
     assert_same(opt_o, params_o, opt_t, params_t)
 
     train(opt_t, params_t, STEPS_AFTER, start=STEPS_BEFORE)
@@ -230,6 +237,8 @@ def test_two_param_groups(name, desc, kwargs, direction):
     opt_dst.load_state_dict(sd)
     for g_src, g_dst in zip(opt_src.param_groups, opt_dst.param_groups):
         assert {k: v for k, v in g_src.items() if k != "params"} == {k: v for k, v in g_dst.items() if k != "params"}
+    if dst_factory is torch_opt:
+        keep_exact_torch_mode(opt_dst, name)
 
     train(opt_src, params_src, STEPS_AFTER, start=STEPS_BEFORE)
     train(opt_dst, params_dst, STEPS_AFTER, start=STEPS_BEFORE)
