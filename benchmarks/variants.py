@@ -90,6 +90,21 @@ def _radam(params, grads, options):
                                               beta2=beta2, eps=options["eps"]))
 
 
+def _nadam(params, grads, options):
+    exp_avgs, exp_avg_sqs = _zeros(params), _zeros(params)
+    mu_products = [torch.ones((), device=param.device) for param in params]  # the running product of mu_t
+    (beta1, beta2), lr = options["betas"], options["lr"]
+    return _counted(lambda t: ok.nadam_update(params, grads, exp_avgs, exp_avg_sqs, mu_products, step=t, lr=lr,
+                                              beta1=beta1, beta2=beta2, eps=options["eps"]))
+
+
+def _adamax(params, grads, options):
+    exp_avgs, exp_infs = _zeros(params), _zeros(params)
+    (beta1, beta2), lr = options["betas"], options["lr"]
+    return _counted(lambda t: ok.adamax_update(params, grads, exp_avgs, exp_infs, step=t, lr=lr, beta1=beta1,
+                                               beta2=beta2, eps=options["eps"]))
+
+
 def _adabelief(params, grads, options):
     exp_avgs, exp_avg_vars = _zeros(params), _zeros(params)
     (beta1, beta2), lr = options["betas"], options["lr"]
@@ -125,6 +140,9 @@ ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
     Algorithm("adam", wrappers.Adam, torch.optim.Adam, _adam, _passes(7), ADAM_OPTIONS),
     Algorithm("adamw", wrappers.AdamW, torch.optim.AdamW, _adamw, _passes(7), dict(ADAM_OPTIONS, weight_decay=1e-2)),
     Algorithm("radam", wrappers.RAdam, torch.optim.RAdam, _radam, _passes(7), ADAM_OPTIONS),
+    Algorithm("nadam", wrappers.NAdam, torch.optim.NAdam, _nadam, _passes(7), ADAM_OPTIONS),
+    # reads param, grad, exp_avg, exp_inf; writes param, exp_avg, exp_inf
+    Algorithm("adamax", wrappers.Adamax, torch.optim.Adamax, _adamax, _passes(7), dict(ADAM_OPTIONS, lr=2e-3)),
     Algorithm("adabelief", wrappers.AdaBelief, None, _adabelief, _passes(7),
               dict(ADAM_OPTIONS, eps=1e-16)),
     # reads param, grad, momentum_buffer; writes param, momentum_buffer
