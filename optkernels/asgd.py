@@ -45,9 +45,9 @@ def asgd_update(
             that skipped steps, or stepped under another lr, have other values.
         step: the step count *after* this update (1 on the first call): an int, or one int or
             0-d tensor per param.
-        lr: :math:`\gamma`, a number or a 1-element tensor; it enters only the next
-            :math:`\eta`, computed as torch does: in double precision from a number, in the
-            tensor's dtype from a tensor.
+        lr: :math:`\gamma`, a number or a 1-element tensor (read as the same number); it enters
+            only the next :math:`\eta`, computed in double precision as torch's for-loop path
+            does from a number, then rounded to the dtype of ``etas``.
         lambd, alpha, t0: as in ``torch.optim.ASGD``.
 
     Mutates params, axs, mus and etas. Never grads. The decay :math:`\lambda` is part of the
@@ -59,7 +59,9 @@ def asgd_update(
     results equal it bit for bit on CPU. Its foreach path computes
     :math:`\theta - \eta (g + \lambda\theta)`, averages with :math:`\mu_{t-1} = 1` as
     :math:`\bar\theta + (\theta - \bar\theta)`, and computes :math:`\eta_t` in float32 from the
-    float step tensor: equal to rounding.
+    float step tensor: equal to rounding. Given a float32 tensor ``lr``, both torch paths compute
+    :math:`\eta_t` in float32; we compute it as for the same float (so a tensor lr and its value
+    give the same numbers here), which differs from torch by float32 roundings of :math:`\eta`.
 
     Example:
         >>> import torch
@@ -77,13 +79,9 @@ def asgd_update(
     count = check_tensor_lists(params=params, grads=grads, axs=axs)
     check_scalar_states(count, mus=mus, etas=etas)
     steps = step_values(step, count)
-    check_lr(lr)
+    lr = check_lr(lr)
     lambd, alpha = check_nonnegative("lambd", lambd), check_nonnegative("alpha", alpha)
     t0 = check_t0(t0)
-    if isinstance(lr, Tensor):
-        lr = lr.reshape(())  # as torch's _to_scalar: eta_t is then computed in lr's dtype
-    else:
-        lr = float(lr)
 
     # Tensors with the same (eta, mu) take one foreach call; usually that is all of them.
     keys = [(eta.item(), mu.item()) for eta, mu in zip(etas, mus)]
@@ -97,12 +95,11 @@ def asgd_update(
         else:
             torch._foreach_copy_(axs_, params_)
     for eta, mu, t in zip(etas, mus, steps):
-        new_eta = lr / ((1 + lambd * lr * t) ** alpha)  # torch's expression, in its order
-        if isinstance(new_eta, Tensor):
-            eta.copy_(new_eta)
-        else:
-            eta.fill_(new_eta)
-        mu.fill_(1 / max(1, t - t0))
+        # torch's expressions, in its order; the double goes through a tensor of the default
+        # dtype as in torch, which rounds twice where eta is not of that dtype (a checkpoint
+        # loaded onto bf16 params casts eta and mu to bf16)
+        eta.copy_(torch.as_tensor(lr / ((1 + lambd * lr * t) ** alpha)))
+        mu.copy_(torch.as_tensor(1 / max(1, t - t0)))
 
 
 def check_t0(t0) -> float:

@@ -42,11 +42,11 @@ class Rprop(KernelOptimizer):
         return super()._init_state(name, param)
 
     def _update(self, group, params, grads, state, step):
-        step_sizes = state["step_size"]
+        step_sizes, lr = state["step_size"], as_float(group["lr"], "lr")
         for index, grad in enumerate(grads):
             if step_sizes[index] is None:
-                # as torch: shaped like the grad, and a complex lr + lr*i for complex params
-                lr = as_float(group["lr"], "lr")
+                # as torch: shaped like the grad, and lr + lr*i for a complex param (its real
+                # and imaginary parts step as two reals)
                 step_sizes[index] = torch.full_like(grad, complex(lr, lr) if grad.is_complex() else lr)
         (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
         rprop_update(params, grads, state["prev"], step_sizes, etaminus=etaminus, etaplus=etaplus,

@@ -269,7 +269,8 @@ def _sparse_grad(opt):
 
 def _wrong_dtype_state(opt):
     p = opt.param_groups[1]["params"][0]
-    key = next(k for k in opt.state[p] if k != "step")
+    # a state tensor shaped like the param (ASGD's 0-d eta and mu may be float64 legitimately)
+    key = next(k for k, v in opt.state[p].items() if k != "step" and v.shape == p.shape)
     opt.state[p][key] = opt.state[p][key].double()
 
 

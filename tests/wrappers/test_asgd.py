@@ -1,0 +1,317 @@
+"""``wrappers.ASGD`` against ``torch.optim.ASGD``: its parity module (PARITY marks it dedicated), its
+state and checkpoints, and its validation.
+
+Parity: every optim_db CPU configuration and ours, in fp32, fp64, bf16 and complex64, over the
+generic test's awkward layouts, two groups and skipped grads. Against torch's for-loop path (its
+CPU default), whose ops we run in its order, everything is equal bit for bit, complex included.
+Against its foreach path the numbers differ by more than op order: it computes the float32
+``eta`` in float32 arithmetic from the step tensor (the for-loop path in double, then rounds), so
+even float64 params agree only to float32 roundings of eta; hence the float32 tolerance there.
+So does a float32 tensor lr on both torch paths; we read a tensor lr as its value (as every
+wrapper here), so that case agrees with the for-loop path to the same tolerance. Under a float64
+default dtype eta is float64 in every path, and float64 params agree with the foreach path to
+float64 rounding.
+"""
+
+import copy
+import inspect
+import math
+import re
+
+import pytest
+import torch
+from torch.optim import lr_scheduler
+from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db
+
+import wrappers
+from optkernels import UnsupportedOptionError
+from tests.helpers import DTYPES, assert_same_state, make_grads, make_param_values, make_params
+from tests.wrappers.test_parity import _run
+
+# eta is a float32 number that the foreach path rounds differently: float32 rounding, whatever
+# the params' dtype (observed: 2e-7 relative in fp64 params, a few fp32 ulps in fp32 ones)
+FLOAT32_ETA_TOLERANCE = dict(rtol=1e-6, atol=1e-6)
+
+# (kwargs, desc, equal to torch's for-loop path bit for bit)
+TORCH_INPUTS = [(i.kwargs, i.desc, True) for info in optim_db if info.optim_cls is torch.optim.ASGD
+                for i in info.optim_inputs_func(device="cpu")]
+# t0 within the 10 steps, so that averaging (mu < 1) starts; lambd and lr large enough that
+# eta falls visibly; tensor lrs (torch computes eta in float32 from a float32 one)
+OUR_INPUTS = [
+    (dict(lr=0.05, lambd=0.1, alpha=0.5, t0=3), "averaging", True),
+    (dict(lr=0.02, lambd=0.5, alpha=1.0, t0=0, weight_decay=0.1, maximize=True), "t0 zero decay maximize", True),
+    (dict(lr=torch.tensor(0.05), lambd=0.1, t0=2), "tensor lr averaging", False),
+    (dict(lr=torch.tensor(0.05, dtype=torch.float64), lambd=0.1, t0=2, weight_decay=0.2), "float64 tensor lr decay",
+     True),
+]
+INPUTS = [pytest.param(kwargs, exact, id=re.sub(r"[^A-Za-z0-9]+", "_", desc))
+          for kwargs, desc, exact in TORCH_INPUTS + OUR_INPUTS]
+
+
+def rounding_of_eta(dtype):
+    """float32 roundings of eta; bf16 params: the helpers' bf16 tolerance, which is wider."""
+    return None if dtype == torch.bfloat16 else FLOAT32_ETA_TOLERANCE
+
+
+def torch_asgd(foreach):
+    return lambda groups, **kwargs: torch.optim.ASGD(groups, foreach=foreach, **kwargs)
+
+
+def test_torch_inputs_were_found():
+    assert {desc for _, desc, _ in TORCH_INPUTS} >= {"default", "t0", "maximize", "nonzero weight_decay"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("kwargs", "exact"), INPUTS)
+def test_matches_torch(kwargs, exact, dtype):
+    values = make_param_values(dtype)
+    ours = _run(wrappers.ASGD, values, kwargs)
+    assert_same_state(ours, _run(torch_asgd(False), values, kwargs), exact=exact, override=rounding_of_eta(dtype))
+    if dtype != torch.bfloat16:  # torch's foreach path rounds scalars to bf16 (see tests/configs.py)
+        assert_same_state(ours, _run(torch_asgd(True), values, kwargs), exact=False, override=FLOAT32_ETA_TOLERANCE)
+    if kwargs.get("t0", 1e6) < 8:
+        assert any(state["mu"].item() < 1 for state in ours.state.values()), "averaging never started"
+
+
+@pytest.fixture
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+# (a float32 tensor lr stays float32: torch's paths then differ by float32 roundings again)
+FLOAT64_DEFAULT_INPUTS = [param for param in INPUTS if param.id in ("default", "averaging", "t0_zero_decay_maximize",
+                                                                    "float64_tensor_lr_decay")]
+
+
+@pytest.mark.parametrize(("kwargs", "exact"), FLOAT64_DEFAULT_INPUTS)
+def test_float64_default_dtype(float64_default, kwargs, exact):
+    values = make_param_values(torch.float64)
+    ours = _run(wrappers.ASGD, values, kwargs)
+    for state in ours.state.values():
+        assert {state[key].dtype for key in ("step", "eta", "mu")} == {torch.float64}
+    assert_same_state(ours, _run(torch_asgd(False), values, kwargs), exact=exact)
+    assert_same_state(ours, _run(torch_asgd(True), values, kwargs), exact=False)  # fp64 rounding
+
+
+def _train(optimizer, params, values, calls, schedule=None):
+    for call in calls:
+        for index, (param, grad) in enumerate(zip(params, make_grads(values, call))):
+            param.grad = None if index == 1 and call % 3 == 2 else grad
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_lr_scheduler_as_torch(dtype):
+    """eta is per-param state computed with the lr of that param's last step (params[1] skips
+    steps), so a schedule must give torch's numbers exactly."""
+    values = make_param_values(dtype)
+    runs = []
+    for cls in (wrappers.ASGD, torch_asgd(False)):
+        params = make_params(values)
+        optimizer = cls([{"params": params[:3]}, {"params": params[3:], "lr": 0.02}], lr=0.05, lambd=0.1, t0=4)
+        _train(optimizer, params, values, range(10), lr_scheduler.ExponentialLR(optimizer, gamma=0.7))
+        runs.append(optimizer)
+    assert_same_state(*runs, exact=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# State and checkpoints
+# ------------------------------------------------------------------------------------------------
+
+def test_state_as_torch():
+    values = make_param_values(torch.float32)
+    ours, theirs = _run(wrappers.ASGD, values, {}), _run(torch_asgd(False), values, {})
+    for mine, their in zip(ours.state.values(), theirs.state.values(), strict=True):
+        assert list(mine) == list(their) == ["step", "eta", "mu", "ax"]
+        for key in ("step", "eta", "mu"):
+            assert (mine[key].shape, mine[key].dtype, mine[key].device) == \
+                (their[key].shape, their[key].dtype, their[key].device), key
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("saved_by", ["torch", "ours"])
+def test_checkpoint_cross_loads(dtype, saved_by):
+    """Four steps on one, its state_dict loaded into a torch and an our optimizer over copies of
+    the params, four more steps on each: equal. (load_state_dict casts eta and mu to a floating
+    param's dtype, in torch's Optimizer and so in ours: bf16 params then keep a bf16 eta.)"""
+    values = make_param_values(dtype)
+    kwargs = dict(lr=0.05, lambd=0.1, t0=2, weight_decay=0.1)
+
+    def build(cls, params):
+        return cls([{"params": params[:3]}, {"params": params[3:], "lr": 0.02}], **kwargs)
+
+    saved_params = make_params(values)
+    saver = build(torch_asgd(False) if saved_by == "torch" else wrappers.ASGD, saved_params)
+    _train(saver, saved_params, values, range(4))
+    checkpoint = copy.deepcopy(saver.state_dict())
+    runs = []
+    for cls in (wrappers.ASGD, torch_asgd(False)):
+        params = [torch.nn.Parameter(p.detach().clone()) for p in saved_params]
+        optimizer = build(cls, params)
+        optimizer.load_state_dict(copy.deepcopy(checkpoint))
+        _train(optimizer, params, values, range(4, 8))
+        runs.append(optimizer)
+    assert_same_state(*runs, exact=True)
+
+
+def test_old_checkpoint_with_float_eta_and_mu():
+    """torch's ASGD turns a float eta/mu of an old checkpoint into tensors; so do we."""
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = wrappers.ASGD([param], t0=0)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    checkpoint = optimizer.state_dict()
+    for state in checkpoint["state"].values():
+        state["eta"], state["mu"] = state["eta"].item(), state["mu"].item()
+    restored = wrappers.ASGD([torch.nn.Parameter(param.detach().clone())], t0=0)
+    restored.load_state_dict(checkpoint)
+    (state,) = restored.state.values()
+    assert torch.is_tensor(state["eta"]) and torch.is_tensor(state["mu"]) and state["eta"].dim() == 0
+    restored.param_groups[0]["params"][0].grad = torch.ones(3)
+    restored.step()
+
+
+# ------------------------------------------------------------------------------------------------
+# Signature and validation
+# ------------------------------------------------------------------------------------------------
+
+def test_signature_as_torch():
+    ours, theirs = inspect.signature(wrappers.ASGD), inspect.signature(torch.optim.ASGD)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
+        [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
+
+
+def _error_inputs():
+    info = next(info for info in optim_db if info.optim_cls is torch.optim.ASGD)
+    for index, error in enumerate(info.optim_error_inputs_func(device="cpu", dtype=torch.float32)):
+        if error.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
+            yield pytest.param(error, id=f"{index}-{re.sub(r'[^A-Za-z0-9]+', '-', error.optimizer_error_input.desc)}")
+
+
+@pytest.mark.parametrize("error", list(_error_inputs()))
+@pytest.mark.parametrize("cls", [torch.optim.ASGD, wrappers.ASGD], ids=["torch", "ours"])
+def test_torch_construction_error_inputs(cls, error):
+    params = error.optimizer_error_input.params
+    params = [torch.nn.Parameter(torch.randn(2, 2))] if params is None else params
+    kwargs = error.optimizer_error_input.kwargs
+    if issubclass(error.error_type, Warning):
+        with pytest.warns(error.error_type, match=error.error_regex):
+            cls(params, **kwargs)
+    else:
+        with pytest.raises(error.error_type, match=error.error_regex):
+            cls(params, **kwargs)
+
+
+def named(argument):
+    return rf"(?<![\w]){re.escape(argument)}(?![\w])"
+
+
+NAN, INF = math.nan, math.inf
+BAD = [
+    ("lr-negative", dict(lr=-0.1), "lr"),
+    ("lr-nan", dict(lr=NAN), "lr"),
+    ("lr-nan-tensor", dict(lr=torch.tensor(NAN)), "lr"),
+    ("lambd-negative", dict(lambd=-1e-4), "lambd"),
+    ("lambd-nan", dict(lambd=NAN), "lambd"),
+    ("lambd-inf", dict(lambd=INF), "lambd"),
+    ("alpha-negative", dict(alpha=-0.5), "alpha"),
+    ("alpha-nan", dict(alpha=NAN), "alpha"),
+    ("t0-nan", dict(t0=NAN), "t0"),
+    ("weight_decay-negative", dict(weight_decay=-0.1), "weight_decay"),
+    ("weight_decay-nan", dict(weight_decay=NAN), "weight_decay"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "argument"), [pytest.param(k, a, id=i) for i, k, a in BAD])
+def test_bad_hyperparameter(kwargs, argument):
+    p1, p2 = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=named(argument)):
+        wrappers.ASGD([p1], **kwargs)
+    with pytest.raises(ValueError, match=named(argument)):
+        wrappers.ASGD([{"params": [p1]}, {"params": [p2], **kwargs}])
+    optimizer = wrappers.ASGD([p1])
+    with pytest.raises(ValueError, match=named(argument)):
+        optimizer.add_param_group({"params": [p2], **kwargs})
+    assert len(optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("switch", ["capturable", "differentiable"])
+def test_torch_only_switches_are_unsupported(switch):
+    with pytest.raises(UnsupportedOptionError, match=named(switch)):
+        wrappers.ASGD([torch.nn.Parameter(torch.ones(2))], **{switch: True})
+
+
+@pytest.mark.parametrize("foreach", [None, False, True])
+def test_foreach_is_accepted(foreach):
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = wrappers.ASGD([param], foreach=foreach)
+    param.grad = torch.ones(2)
+    optimizer.step()
+    assert optimizer.param_groups[0]["foreach"] is foreach and not torch.equal(param, torch.ones(2))
+
+
+def _state_key(key, value):
+    def change(optimizer):
+        param = optimizer.param_groups[1]["params"][0]
+        optimizer.state[param][key] = value
+    return change
+
+
+def _group(**values):
+    def change(optimizer):
+        optimizer.param_groups[1].update(values)
+    return change
+
+
+def _sparse_grad(optimizer):
+    param = optimizer.param_groups[1]["params"][0]
+    param.grad = param.grad.to_sparse()
+
+
+# (id, change to group 2, error, regex, needs state to exist)
+STEP_ERRORS = [
+    ("nan-lambd", _group(lambd=NAN), ValueError, named("lambd"), False),
+    ("negative-alpha", _group(alpha=-1.0), ValueError, named("alpha"), False),
+    ("nan-t0", _group(t0=NAN), ValueError, named("t0"), False),
+    ("nan-lr", _group(lr=NAN), ValueError, named("lr"), False),
+    ("sparse-grad", _sparse_grad, RuntimeError, "sparse", False),
+    ("2-element-eta", _state_key("eta", torch.ones(2)), ValueError, re.escape("eta[0]"), True),
+    ("integer-mu", _state_key("mu", torch.tensor(1)), ValueError, re.escape("mu[0]"), True),
+    ("ax-of-wrong-shape", _state_key("ax", torch.zeros(7)), ValueError, re.escape("ax[0]"), True),
+    ("ax-of-wrong-dtype", _state_key("ax", torch.zeros(3, dtype=torch.float64)), TypeError, re.escape("ax[0]"), True),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "pattern", "warm"),
+                         [pytest.param(*case[1:4], warm, id=f"{case[0]}-{'warm' if warm else 'fresh'}")
+                          for case in STEP_ERRORS for warm in (False, True) if warm or not case[4]])
+def test_step_error_in_second_group_changes_nothing(change, error, pattern, warm):
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, generator=gen)) for _ in range(4)]
+    optimizer = wrappers.ASGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}], t0=0, weight_decay=0.1)
+
+    def set_grads():
+        for param in params:
+            param.grad = torch.randn(3, generator=gen)
+
+    if warm:
+        for _ in range(2):
+            set_grads()
+            optimizer.step()
+    set_grads()
+    change(optimizer)
+    before_params = [p.detach().clone() for p in params]
+    before_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    for _ in range(2):  # and it keeps failing the same way
+        with pytest.raises(error, match=pattern):
+            optimizer.step()
+        assert all(torch.equal(p, b) for p, b in zip(params, before_params))
+        assert set(optimizer.state) == set(before_state)
+        for param, state in before_state.items():
+            assert list(optimizer.state[param]) == list(state)
+            assert all(torch.equal(optimizer.state[param][k], v) for k, v in state.items())
