@@ -132,6 +132,19 @@ def _rmsprop(params, grads, options):
     return lambda: ok.rmsprop_update(params, grads, square_avgs, lr=options["lr"])
 
 
+def _rprop(params, grads, options):
+    prevs = _zeros(params)
+    step_sizes = [torch.full_like(param, options["lr"]) for param in params]  # as torch.optim.Rprop starts them
+    return lambda: ok.rprop_update(params, grads, prevs, step_sizes)
+
+
+def _asgd(params, grads, options):
+    axs = _zeros(params)
+    mus = [torch.ones((), device=param.device) for param in params]
+    etas = [torch.full((), options["lr"], device=param.device) for param in params]
+    return _counted(lambda t: ok.asgd_update(params, grads, axs, mus, etas, step=t, lr=options["lr"]))
+
+
 # --- the registry ----------------------------------------------------------------------------------
 ADAM_OPTIONS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
 
@@ -151,6 +164,10 @@ ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
     Algorithm("adagrad", wrappers.Adagrad, torch.optim.Adagrad, _adagrad, _passes(5), dict(lr=1e-2)),
     # reads param, grad, square_avg, acc_delta; writes param, square_avg, acc_delta
     Algorithm("adadelta", wrappers.Adadelta, torch.optim.Adadelta, _adadelta, _passes(7), dict(lr=1.0)),
+    # reads param, grad, prev, step_size; writes param, prev, step_size
+    Algorithm("rprop", wrappers.Rprop, torch.optim.Rprop, _rprop, _passes(7), dict(lr=1e-2)),
+    # reads param, grad; writes param, ax (a copy of the param until step t0; eta and mu are scalars)
+    Algorithm("asgd", wrappers.ASGD, torch.optim.ASGD, _asgd, _passes(4), dict(lr=1e-2)),
     # reads param, grad, square_avg; writes param, square_avg
     Algorithm("rmsprop", wrappers.RMSprop, torch.optim.RMSprop, _rmsprop, _passes(5), dict(lr=1e-2)),
 )}
