@@ -85,9 +85,9 @@ def lbfgs_update(
     is the one result that lives in neither the params nor the state.
 
     Mutates params and ``state``. Never grads (each evaluation copies them). A bad argument or
-    state raises before anything changes; an error raised by the closure itself leaves the
-    iterations already done applied, as in torch.optim.LBFGS (a line-search trial point is
-    undone first).
+    state, or bad gradients from the first evaluation, raise before anything changes; an error
+    raised by the closure itself leaves the iterations already done applied, as in
+    torch.optim.LBFGS (a line-search trial point is undone first).
 
     This is torch.optim.LBFGS's algorithm (2.13) op for op: the elementwise ops, the scalar
     arithmetic (0-d tensors where torch has them) and every branch are torch's, so with one
@@ -158,11 +158,11 @@ def lbfgs_update(
 
         # direction
         if state["n_iter"] == 1:
-            d = torch._foreach_neg(flat_grad)
+            d = list(torch._foreach_neg(flat_grad))
             old_dirs, old_stps, ro, H_diag = [], [], [], 1
         else:
-            y = torch._foreach_sub(flat_grad, prev_flat_grad)
-            s = torch._foreach_mul(d, _scalar(t))
+            y = list(torch._foreach_sub(flat_grad, prev_flat_grad))
+            s = list(torch._foreach_mul(d, _scalar(t)))
             ys = _dot(y, s)
             if ys > 1e-10:  # keep the pair only where the curvature condition holds
                 if len(old_dirs) == history_size:
@@ -236,7 +236,7 @@ def lbfgs_direction(grads: Vector, old_dirs: list[Vector], old_stps: list[Vector
     for i in range(len(old_dirs)):
         be_i = _dot(old_dirs[i], r) * ro[i]
         torch._foreach_add_(r, old_stps[i], alpha=_scalar(al[i] - be_i))
-    return r
+    return list(r)
 
 
 def strong_wolfe(obj_func: Callable[[Vector, Any, Vector], tuple[float, Vector]], x: Vector, t, d: Vector,
