@@ -52,7 +52,8 @@ def adafactor_update(
             0-d tensor per param.
         lr, beta2_decay, d, weight_decay: as in ``torch.optim.Adafactor``; ``eps1``, ``eps2`` are
             its ``eps`` pair. ``eps1=None`` takes each tensor's ``torch.finfo(dtype).eps``. A
-            tensor ``lr`` enters the step sizes in its own dtype, as torch computes them.
+            tensor ``lr`` is used as its value, so it gives the numbers of the same float (torch
+            computes with a float32 tensor ``lr`` in float32: equal to rounding).
 
     Weight decay is decoupled and applied here, not composed in front with ``weight_decay_l2``:
     :math:`\alpha_t` is the RMS of the param *before* the decay, so the two steps cannot be
@@ -79,22 +80,21 @@ def adafactor_update(
     Cost", ICML 2018, Algorithms 4 and 5, with torch.optim.Adafactor's use of ``lr`` and
     :math:`\epsilon_1` (see its documentation).
     """
-    count = len(params) if isinstance(params, Sequence) else 0
+    count = check_tensor_lists(params=params, grads=grads)
     row_vars, col_vars, variances = (_or_nones(lst, count) for lst in (row_vars, col_vars, variances))
-    count = check_tensor_lists(fillable=("variances",), params=params, grads=grads, variances=variances)
-    _check_factors(params, row_vars, col_vars, variances)
+    check_adafactor_state(params, row_vars, col_vars, variances)
     steps = step_values(step, count)
-    check_lr(lr)
-    if as_float(beta2_decay, "beta2_decay") > 0:
+    lr = check_lr(lr)
+    beta2_decay = as_float(beta2_decay, "beta2_decay")
+    if not beta2_decay <= 0:
         raise ValueError(f"beta2_decay must be <= 0, got {beta2_decay}")
     if eps1 is not None:
         eps1 = check_nonnegative("eps1", eps1)
     eps2 = check_nonnegative("eps2", eps2)
-    if not as_float(d, "d") >= 1:
+    d = as_float(d, "d")
+    if not d >= 1:
         raise ValueError(f"d (the clipping threshold) must be >= 1, got {d}")
     weight_decay = check_nonnegative("weight_decay", weight_decay)
-    if isinstance(lr, Tensor):
-        lr = lr.squeeze()  # as torch.optim's _to_scalar: a 0-d tensor in the arithmetic below
 
     for (params_, grads_, row_vars_, col_vars_, variances_), t in grouped(
         [params, grads, row_vars, col_vars, variances], steps
@@ -104,20 +104,20 @@ def adafactor_update(
             [lst[i] for i in kept] for lst in (params_, grads_, row_vars_, col_vars_, variances_))
         if not params_:
             continue
-        beta2_complement = t**beta2_decay                                    # 1 - \hat\beta_{2,t}
+        beta2_complement = t**beta2_decay                                  # 1 - \hat\beta_{2,t}
         rho = min(lr, 1 / (t**0.5))
         alphas = [max(eps2, param.norm(2).item() / (param.numel() ** 0.5)) * rho for param in params_]
         if weight_decay != 0:
-            _scale(params_, 1 - lr * weight_decay)
-        eps1_ = torch.finfo(params_[0].dtype).eps if eps1 is None else eps1
+            scale_(params_, 1 - lr * weight_decay)
+        group_eps1 = torch.finfo(params_[0].dtype).eps if eps1 is None else eps1
         var_estimates = [
-            _factored_estimate(grad, row_var, col_var, beta2_complement, eps1_) if row_var is not None
+            _factored_estimate(grad, row_var, col_var, beta2_complement, group_eps1) if row_var is not None
             else _full_estimate(grad, variance, beta2_complement)
             for grad, row_var, col_var, variance in zip(grads_, row_vars_, col_vars_, variances_)
         ]
-        torch._foreach_clamp_min_(var_estimates, eps1_ * eps1_)           # eps1 is the floor of sqrt(V)
+        torch._foreach_clamp_min_(var_estimates, group_eps1 * group_eps1)  # eps1: the floor of sqrt(V)
         torch._foreach_rsqrt_(var_estimates)
-        torch._foreach_mul_(var_estimates, grads_)                        # U_t
+        torch._foreach_mul_(var_estimates, grads_)                         # U_t
         for param, update, alpha in zip(params_, var_estimates, alphas):
             clip = max(1.0, update.norm(2).item() / ((update.numel() ** 0.5) * d))
             param.add_(update, alpha=-alpha / clip)  # one rounding, as torch's for-loop path
@@ -138,20 +138,18 @@ def _full_estimate(grad: Tensor, variance: Tensor, beta2_complement: float) -> T
     return variance.clone()
 
 
-def _scale(tensors: list[Tensor], factor: float | Tensor) -> None:
-    if isinstance(factor, Tensor):  # a tensor lr: the product keeps its dtype, as in torch
-        torch._foreach_mul_(tensors, factor)
-    else:
-        scale_(tensors, factor)
-
-
 def _or_nones(tensors, count: int):
     return [None] * count if tensors is None else tensors
 
 
-def _check_factors(params: list[Tensor], row_vars, col_vars, variances) -> None:
-    """Each param of 2+ dims has its row and column factors, each other param its variance."""
-    for name, lst in (("row_vars", row_vars), ("col_vars", col_vars)):
+def check_adafactor_state(params: list[Tensor], row_vars, col_vars, variances) -> None:
+    """Each param of 2+ dims has its row and column factors (no variance), each other param its
+    variance (no factors), of the right shape, dtype and device; no param is complex.
+
+    What :func:`adafactor_update` checks of its state; a wrapper calls it before mutating anything.
+    """
+    lists = {"row_vars": row_vars, "col_vars": col_vars, "variances": variances}
+    for name, lst in lists.items():
         if isinstance(lst, Tensor) or not isinstance(lst, Sequence):
             raise TypeError(f"{name} must be a list of tensors or None, got {type(lst).__name__}")
         if len(lst) != len(params):
@@ -159,29 +157,30 @@ def _check_factors(params: list[Tensor], row_vars, col_vars, variances) -> None:
     for index, param in enumerate(params):
         if param.is_complex():
             raise TypeError(f"params[{index}] is complex: Adafactor does not support complex params")
-        factored = param.dim() > 1
-        if factored and variances[index] is not None:
-            raise ValueError(f"variances[{index}] must be None: params[{index}] has {param.dim()} dims, so its "
-                             "second moment is factored into row_vars and col_vars")
-        shapes = {"row_vars": (*param.shape[:-1], 1), "col_vars": (*param.shape[:-2], 1, param.shape[-1])} \
-            if factored else {"row_vars": None, "col_vars": None}
-        for name, lst in (("row_vars", row_vars), ("col_vars", col_vars)):
-            _check_factor(f"{name}[{index}]", lst[index], shapes[name], param, index)
-        if not factored and variances[index] is None:
-            raise ValueError(f"variances[{index}] is None but params[{index}] has {param.dim()} dims "
-                             "(0-d and 1-d params keep a full variance)")
+        if param.dim() > 1:
+            shapes = {"row_vars": (*param.shape[:-1], 1), "col_vars": (*param.shape[:-2], 1, param.shape[-1]),
+                      "variances": None}
+        else:
+            shapes = {"row_vars": None, "col_vars": None, "variances": tuple(param.shape)}
+        for name, lst in lists.items():
+            _check_state(f"{name}[{index}]", lst[index], shapes[name], f"params[{index}]", param)
 
 
-def _check_factor(name: str, tensor, shape, param: Tensor, index: int) -> None:
-    if shape is None:
-        if tensor is not None:
-            raise ValueError(f"{name} must be None: params[{index}] has {param.dim()} dims (no factors)")
+def _check_state(name: str, tensor, shape: tuple[int, ...] | None, param_name: str, param: Tensor) -> None:
+    """``tensor`` is None where ``shape`` is, else a tensor of that shape on the param's dtype and device."""
+    if shape is None or tensor is None:
+        if tensor is not shape:
+            needs = "None" if shape is None else f"a tensor of shape {shape}"
+            raise ValueError(f"{name} must be {needs} for {param_name} of shape {tuple(param.shape)} (factored "
+                             "into row_vars and col_vars from 2 dims, a full variance below)")
         return
     if not isinstance(tensor, Tensor):
-        raise TypeError(f"{name} must be a Tensor of shape {shape}, got {type(tensor).__name__}")
+        raise TypeError(f"{name} must be a Tensor or None, got {type(tensor).__name__}")
+    if tensor.is_sparse:
+        raise RuntimeError(f"{name} is sparse; sparse tensors are not supported by these kernels")
     if tuple(tensor.shape) != shape:
-        raise ValueError(f"{name} has shape {tuple(tensor.shape)} but params[{index}] of shape "
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)} but {param_name} of shape "
                          f"{tuple(param.shape)} needs {shape}")
     if tensor.dtype != param.dtype or tensor.device != param.device:
-        raise TypeError(f"{name} is {tensor.dtype} on {tensor.device} but params[{index}] is "
+        raise TypeError(f"{name} is {tensor.dtype} on {tensor.device} but {param_name} is "
                         f"{param.dtype} on {param.device}")

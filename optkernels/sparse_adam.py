@@ -53,7 +53,7 @@ def sparse_adam_update(
         >>> import torch
         >>> from optkernels import sparse_adam_update
         >>> params, exp_avgs, exp_avg_sqs = [torch.ones(4)], [torch.zeros(4)], [torch.zeros(4)]
-        >>> grads = [torch.sparse_coo_tensor([[1, 3]], [0.5, -2.0], (4,))]
+        >>> grads = [torch.tensor([0.0, 0.5, 0.0, -2.0]).to_sparse()]  # stores entries 1 and 3
         >>> sparse_adam_update(params, grads, exp_avgs, exp_avg_sqs, step=1, lr=0.1)
         >>> params[0]
         tensor([1.0000, 0.9000, 1.0000, 1.1000])
@@ -100,6 +100,6 @@ def _update_one(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
 
     # m_t and v_t at the stored entries, recomputed densely rather than masked out again
     numer = exp_avg_deltas.add_(old_exp_avg_values)
-    denom = exp_avg_sq_deltas.add_(old_exp_avg_sq_values).add_(eps * eps).sqrt_()
+    denom = exp_avg_sq_deltas.add_(old_exp_avg_sq_values).sqrt_().add_(eps)
     step_size = lr * math.sqrt(bias_correction(beta2, t)) / bias_correction(beta1, t)
     param.add_(at_indices(-step_size * numer.div_(denom)))

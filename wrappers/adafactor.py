@@ -4,10 +4,12 @@ import math
 
 import torch
 
-from optkernels import adafactor_update
+from optkernels.adafactor import adafactor_update, check_adafactor_state
 from optkernels._validation import as_float
 
 from .base import KernelOptimizer
+
+FACTOR_NAMES = ("row_var", "col_var", "variance")  # torch's state keys besides step
 
 
 class Adafactor(KernelOptimizer):
@@ -32,7 +34,8 @@ class Adafactor(KernelOptimizer):
             for index, value in enumerate(eps):
                 if index == 0 and value is None:
                     continue
-                if not _finite_at_least(value, f"eps[{index}]", 0.0):
+                number = as_float(value, f"eps[{index}]")
+                if not (math.isfinite(number) and number >= 0):
                     raise ValueError(f"epsilon{index + 1} should be >= 0 but is: {value} "
                                      f"(eps[{index}] must be finite and >= 0)")
         if "beta2_decay" in group and not as_float(group["beta2_decay"], "beta2_decay") <= 0:
@@ -41,31 +44,34 @@ class Adafactor(KernelOptimizer):
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {group['d']}")
 
     def _collect(self, group):
-        # before any group is touched, so a complex param anywhere changes nothing
+        # Before any group is touched, so that a bad group changes nothing. The factors are not
+        # the param's shape, so they are collected here rather than by the base class.
         for param in group["params"]:
             if param.grad is not None and param.is_complex():
                 raise RuntimeError("Adafactor does not support complex parameters")
-        return super()._collect(group)
+        batch = super()._collect(group)
+        params, grads, state = batch[:3]
+        factors = [self._factors(param, grad) for param, grad in zip(params, grads)]
+        for index, name in enumerate(FACTOR_NAMES):
+            state[name] = [tensors[index] for tensors in factors]
+        check_adafactor_state(params, state["row_var"], state["col_var"], state["variance"])
+        return batch
 
     def _update(self, group, params, grads, state, step):
-        factors = [self._factors(param, grad) for param, grad in zip(params, grads)]
-        row_vars, col_vars, variances = (list(column) for column in zip(*factors))
         eps1, eps2 = group["eps"]
         if eps1 is None:  # torch's for-loop path takes the first param's dtype for the whole group
             eps1 = torch.finfo(params[0].dtype).eps
-        adafactor_update(params, grads, row_vars, col_vars, variances, step=step, lr=group["lr"],
-                         beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2, d=group["d"],
+        adafactor_update(params, grads, state["row_var"], state["col_var"], state["variance"], step=step,
+                         lr=group["lr"], beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2, d=group["d"],
                          weight_decay=group["weight_decay"])
-        for param, grad, row_var, col_var, variance in zip(params, grads, row_vars, col_vars, variances):
-            param_state = self.state[param]
-            if grad.dim() > 1:
-                param_state.setdefault("row_var", row_var)
-                param_state.setdefault("col_var", col_var)
-            else:
-                param_state.setdefault("variance", variance)
+        for param, *tensors in zip(params, *(state[name] for name in FACTOR_NAMES)):
+            for name, tensor in zip(FACTOR_NAMES, tensors):
+                if tensor is not None:  # kept from the first step on, as torch does
+                    self.state[param].setdefault(name, tensor)
 
     def _factors(self, param, grad):
-        """(row_var, col_var, variance): the state this param has, or new zeros as torch makes them."""
+        """(row_var, col_var, variance) of a param, None where it keeps none; new zeros (as torch
+        makes them) where it has none yet."""
         param_state = self.state.get(param, {})
         if grad.dim() > 1:
             row_var = param_state.get("row_var")
@@ -80,7 +86,3 @@ class Adafactor(KernelOptimizer):
             variance = torch.zeros_like(grad, memory_format=torch.preserve_format)
         return None, None, variance
 
-
-def _finite_at_least(value, name: str, bound: float) -> bool:
-    number = as_float(value, name)
-    return math.isfinite(number) and number >= bound

@@ -3,6 +3,7 @@
 from torch import Tensor
 
 from optkernels import sparse_adam_update
+from optkernels._validation import step_values
 
 from .base import KernelOptimizer
 
@@ -44,16 +45,22 @@ class SparseAdam(KernelOptimizer):
             raise ValueError(f"Invalid epsilon value: {group['eps']} (eps must be > 0 for SparseAdam)")
 
     def _collect(self, group):
-        # before any group is touched, so a dense grad anywhere changes nothing
+        # before any group is touched, so a bad group changes nothing
         for param in group["params"]:
             if param.grad is not None and not param.grad.is_sparse:
                 raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
             if param.grad is not None and param.is_complex():
                 raise RuntimeError("SparseAdam does not support complex parameters")
-        return super()._collect(group)
+        batch = super()._collect(group)
+        step_values(self._steps(batch[0]), len(batch[0]))  # a checkpoint's counts must be whole numbers
+        return batch
+
+    def _steps(self, params) -> list:
+        """Each param's step count after this step."""
+        return [self.state.get(param, {}).get("step", 0) + 1 for param in params]
 
     def _update(self, group, params, grads, state, step):
-        steps = [self.state[param].get("step", 0) + 1 for param in params]
+        steps = self._steps(params)
         sparse_adam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], step=steps,
                            lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"])
         for param, count in zip(params, steps):
