@@ -145,6 +145,24 @@ def _asgd(params, grads, options):
     return _counted(lambda t: ok.asgd_update(params, grads, axs, mus, etas, step=t, lr=options["lr"]))
 
 
+def _adafactor(params, grads, options):
+    # torch.optim.Adafactor's state: row and column factors for a matrix, a full variance below
+    matrices = [param.dim() > 1 for param in params]
+    row_vars = [p.new_zeros((*p.shape[:-1], 1)) if matrix else None for p, matrix in zip(params, matrices)]
+    col_vars = [p.new_zeros((*p.shape[:-2], 1, p.shape[-1])) if matrix else None for p, matrix in zip(params, matrices)]
+    variances = [None if matrix else torch.zeros_like(p) for p, matrix in zip(params, matrices)]
+    return _counted(lambda t: ok.adafactor_update(params, grads, row_vars, col_vars, variances, step=t,
+                                                  lr=options["lr"]))
+
+
+def _adafactor_passes(shape: tuple[int, ...]) -> int:
+    # Three sweeps, each waiting for the reductions of the one before: RMS(param) and the
+    # squared-grad statistics; RMS of the update; the update. Matrices: param read twice and
+    # written, grad read three times (factors are tiny). Vectors: the variance read three times
+    # and written once on top, and the grad read in every sweep.
+    return 6 if len(shape) > 1 else 10
+
+
 # --- the registry ----------------------------------------------------------------------------------
 ADAM_OPTIONS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
 
@@ -160,6 +178,8 @@ ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
               dict(ADAM_OPTIONS, eps=1e-16)),
     # reads param, grad, momentum_buffer; writes param, momentum_buffer
     Algorithm("sgd", wrappers.SGD, torch.optim.SGD, _sgd, _passes(5), dict(lr=1e-2, momentum=0.9)),
+    # reads param, grad, square_avg; writes param, square_avg
+    Algorithm("rmsprop", wrappers.RMSprop, torch.optim.RMSprop, _rmsprop, _passes(5), dict(lr=1e-2)),
     # reads param, grad, sum; writes param, sum
     Algorithm("adagrad", wrappers.Adagrad, torch.optim.Adagrad, _adagrad, _passes(5), dict(lr=1e-2)),
     # reads param, grad, square_avg, acc_delta; writes param, square_avg, acc_delta
@@ -168,8 +188,8 @@ ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
     Algorithm("rprop", wrappers.Rprop, torch.optim.Rprop, _rprop, _passes(7), dict(lr=1e-2)),
     # reads param, grad; writes param, ax (a copy of the param until step t0; eta and mu are scalars)
     Algorithm("asgd", wrappers.ASGD, torch.optim.ASGD, _asgd, _passes(4), dict(lr=1e-2)),
-    # reads param, grad, square_avg; writes param, square_avg
-    Algorithm("rmsprop", wrappers.RMSprop, torch.optim.RMSprop, _rmsprop, _passes(5), dict(lr=1e-2)),
+    Algorithm("adafactor", wrappers.Adafactor, torch.optim.Adafactor, _adafactor, _adafactor_passes,
+              dict(lr=1e-2)),
 )}
 
 
