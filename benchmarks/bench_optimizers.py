@@ -1,7 +1,7 @@
 """One step of every algorithm, variant and workload, with pytest-benchmark.
 
-Each test builds only its own variant, steps it once so the optimizer state exists, then times
-``step()``. The interleaved comparison with the roofline is ``python -m benchmarks.report``.
+Each test builds only its own variant, steps it until the optimizer state exists and the update
+has its steady form, then times ``step()``. The interleaved comparison with the roofline is ``python -m benchmarks.report``.
 """
 
 import pytest
@@ -20,7 +20,8 @@ def test_step(benchmark, bench_scale, device, algorithm_name, variant_name, work
     if variant_name not in steppers:
         pytest.skip(f"{variant_name} is not available for {algorithm_name} on {device}")
     step = steppers[variant_name]
-    step()  # creates the state, as the first step of training does
+    for _ in range(1 + algorithm.settle_steps):  # creates the state, then reaches the steady update
+        step()
     benchmark.group = f"{device.type} {workload.name} {algorithm_name}"
     benchmark.extra_info.update(workload=workload.name, elements=workload.numel, tensors=len(workload.shapes))
     benchmark(step)

@@ -45,7 +45,8 @@ from .workloads import SCALES, WORKLOADS, Workload, get_workload
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_WORKLOADS = tuple(WORKLOADS)
-SCALE_DEFAULTS = {"full": (20, 4.0), "small": (10, 0.5)}  # (most timed rounds, seconds of timing per row)
+SCALE_DEFAULTS = {"full": (20, 3.0), "small": (10, 0.5)}  # (most timed rounds, seconds of timing per row)
+MIN_STEPS = 3  # timed rounds at least, whatever the budget
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,13 @@ def benchmark(workload: Workload, algorithm: Algorithm, params: list[torch.Tenso
               progress: Progress | None = None) -> Measurement:
     """Time every variant of ``algorithm`` on copies of ``params`` and ``grads``, then each one's peak memory."""
     steppers = build_steppers(algorithm, params, grads, device)
-    timings = time_interleaved(steppers, steps=steps, warmup=warmup, budget_s=budget_s, device=device,
-                               progress=progress)
+    if algorithm.settle_steps and progress is not None:
+        progress(f"{algorithm.settle_steps} untimed steps per variant first, to its steady update")
+    for step in steppers.values():
+        for _ in range(algorithm.settle_steps):
+            step()
+    timings = time_interleaved(steppers, steps=steps, warmup=warmup, budget_s=budget_s, min_steps=MIN_STEPS,
+                               device=device, progress=progress)
     if progress is not None:
         progress("peak memory: one profiled step per variant")
     peaks = {name: peak_extra_bytes(step, device) for name, step in steppers.items()}
@@ -173,10 +179,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=_at_least(1), default=None,
                         help="timed rounds at most (default: 20 at full scale, 10 at small)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds of timed rounds per workload and algorithm, after which timing stops "
-                             "once 5 rounds ran; 0 for no limit (default: 4 at full scale, 0.5 at small)")
-    parser.add_argument("--warmup", type=_at_least(1), default=2,
-                        help="untimed rounds first; the first step creates the optimizer state (default: 2)")
+                        help=f"seconds of timed rounds per workload and algorithm, after which timing stops "
+                             f"once {MIN_STEPS} rounds ran; 0 for no limit (default: 3 at full scale, 0.5 at small)")
+    parser.add_argument("--warmup", type=_at_least(1), default=1,
+                        help="untimed rounds first; the first step creates the optimizer state (default: 1)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     steps, budget = SCALE_DEFAULTS[args.scale]
@@ -262,7 +268,7 @@ def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
         f"- Load average at start: {machine['load_average']:.2f} (other work on the machine; "
         f"above ~0.5, expect noisy timings)",
         f"- Run: scale {settings['scale']}, up to {settings['steps']} timed steps (fewer once "
-        f"{settings['budget_s']} s of timing per row ran, at least 5) after {settings['warmup']} warm-up, "
+        f"{settings['budget_s']} s of timing per row ran, at least {MIN_STEPS}) after {settings['warmup']} warm-up, "
         f"variants interleaved round-robin; torch's default mode: "
         + ", ".join(f"{device} {mode}" for device, mode in settings["torch_default"].items()),
         f"- Memory bandwidth (best streaming kernel, best sample over the run): {bandwidths}",

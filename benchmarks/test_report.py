@@ -48,7 +48,7 @@ def test_options_select_and_validate():
 
 
 def test_scale_sets_rounds_and_budget_unless_given():
-    assert (report.parse_args([]).steps, report.parse_args([]).budget) == (20, 4.0)
+    assert (report.parse_args([]).steps, report.parse_args([]).budget) == (20, 3.0)
     small = report.parse_args(["--scale", "small"])
     assert (small.steps, small.budget) == (10, 0.5)
     assert report.parse_args(["--budget", "0"]).budget is None

@@ -89,7 +89,7 @@ def _sparse_update(param: Tensor, grad: Tensor, state_sum: Tensor, *, lr: float,
     """The rule on the entries a sparse gradient holds; torch's ``_single_tensor_adagrad`` sparse
     branch, op for op. Duplicate indices are summed first (the update is not linear in g)."""
     grad = grad.coalesce()
-    indices, values = grad._indices(), grad._values()
+    values = grad._values()
     state_sum.add_(_like_sparse(grad, values.pow(2)))
     stds = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
     param.add_(_like_sparse(grad, values / stds), alpha=-lr)

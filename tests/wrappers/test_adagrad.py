@@ -11,7 +11,6 @@ configurations, both ways) runs here for all three classes.
 """
 
 import copy
-import inspect
 import io
 import math
 import re
@@ -294,15 +293,6 @@ def test_bad_hyperparameter_raises_naming_it(name, argument, value):
     with pytest.raises(ValueError, match=named(argument)):
         optimizer.step()
     assert torch.equal(params[0], before)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_signature_is_torchs(name):
-    """Names, order, defaults and keyword-only markers (not the annotations)."""
-    def shape(cls):
-        return [(p.name, p.kind, p.default) for p in inspect.signature(cls).parameters.values()]
-
-    assert shape(getattr(wrappers, name)) == shape(getattr(torch.optim, name))
 
 
 # --- checkpoints, both ways ------------------------------------------------------------------------

@@ -14,14 +14,13 @@ float64 rounding.
 """
 
 import copy
-import inspect
 import math
 import re
 
 import pytest
 import torch
 from torch.optim import lr_scheduler
-from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db
+from torch.testing._internal.common_optimizers import optim_db
 
 import wrappers
 from optkernels import UnsupportedOptionError
@@ -179,33 +178,6 @@ def test_old_checkpoint_with_float_eta_and_mu():
 # ------------------------------------------------------------------------------------------------
 # Signature and validation
 # ------------------------------------------------------------------------------------------------
-
-def test_signature_as_torch():
-    ours, theirs = inspect.signature(wrappers.ASGD), inspect.signature(torch.optim.ASGD)
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
-        [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
-
-
-def _error_inputs():
-    info = next(info for info in optim_db if info.optim_cls is torch.optim.ASGD)
-    for index, error in enumerate(info.optim_error_inputs_func(device="cpu", dtype=torch.float32)):
-        if error.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
-            yield pytest.param(error, id=f"{index}-{re.sub(r'[^A-Za-z0-9]+', '-', error.optimizer_error_input.desc)}")
-
-
-@pytest.mark.parametrize("error", list(_error_inputs()))
-@pytest.mark.parametrize("cls", [torch.optim.ASGD, wrappers.ASGD], ids=["torch", "ours"])
-def test_torch_construction_error_inputs(cls, error):
-    params = error.optimizer_error_input.params
-    params = [torch.nn.Parameter(torch.randn(2, 2))] if params is None else params
-    kwargs = error.optimizer_error_input.kwargs
-    if issubclass(error.error_type, Warning):
-        with pytest.warns(error.error_type, match=error.error_regex):
-            cls(params, **kwargs)
-    else:
-        with pytest.raises(error.error_type, match=error.error_regex):
-            cls(params, **kwargs)
-
 
 def named(argument):
     return rf"(?<![\w]){re.escape(argument)}(?![\w])"

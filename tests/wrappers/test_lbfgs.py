@@ -8,7 +8,6 @@ our dot products sum per-tensor dots where torch takes one flat dot.
 """
 
 import copy
-import inspect
 import io
 import pickle
 import re
@@ -16,7 +15,7 @@ import re
 import pytest
 import torch
 from torch.optim import lr_scheduler
-from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db
+from torch.testing._internal.common_optimizers import optim_db
 
 import wrappers
 from optkernels import UnsupportedOptionError
@@ -82,12 +81,6 @@ def several(dtype, problem_name):
 
 def test_torch_configs_were_found():
     assert set(TORCH_CONFIGS) == {"default", "non_default_lr", "Tensor_lr", "tolerance_grad", "strong_wolfe"}
-
-
-def test_signature_is_torchs():
-    def parameters(cls):  # names, kinds and defaults; torch's annotations aside
-        return [(p.name, p.kind, p.default) for p in inspect.signature(cls).parameters.values()]
-    assert parameters(wrappers.LBFGS) == parameters(torch.optim.LBFGS)
 
 
 # (dtype, problem): the Rosenbrock function is real
@@ -273,43 +266,6 @@ def test_loading_a_checkpoint_for_other_params_raises():
 # ------------------------------------------------------------------------------------------------
 # Construction and step-time errors
 # ------------------------------------------------------------------------------------------------
-
-def _torch_error_inputs():
-    cases = []
-    for index, error in enumerate(LBFGS_INFO.optim_error_inputs_func(device="cpu", dtype=torch.float32)):
-        if error.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
-            desc = re.sub(r"\W+", "-", error.optimizer_error_input.desc).strip("-")
-            cases.append(pytest.param(error, id=f"{index}-{desc}"))
-    return cases
-
-
-TORCH_ERROR_INPUTS = _torch_error_inputs()
-
-
-def _construct_and_expect(cls, params, error):
-    kwargs = error.optimizer_error_input.kwargs
-    if issubclass(error.error_type, Warning):
-        with pytest.warns(error.error_type, match=error.error_regex):
-            cls(params, **kwargs)
-    else:
-        with pytest.raises(error.error_type, match=error.error_regex):
-            cls(params, **kwargs)
-
-
-def test_torch_error_inputs_were_found():
-    assert len(TORCH_ERROR_INPUTS) >= 5
-
-
-@pytest.mark.parametrize("error", TORCH_ERROR_INPUTS)
-def test_torch_construction_error_inputs(error):
-    """The same exception type (or warning) as torch, with a message matching torch's regex."""
-    params = error.optimizer_error_input.params
-    # params=None is what torch's own test_errors passes (torch checks lr before params); a
-    # real param list is tried too
-    for given in [params] if params is not None else [None, [torch.nn.Parameter(torch.randn(2, 2))]]:
-        _construct_and_expect(torch.optim.LBFGS, given, error)  # torch itself agrees
-        _construct_and_expect(wrappers.LBFGS, given, error)
-
 
 def params1():
     return [torch.nn.Parameter(torch.ones(3))]

@@ -11,7 +11,6 @@ torch with that aliasing removed, and check our buffer against its recurrence.
 """
 
 import copy
-import inspect
 import io
 
 import pytest
@@ -146,14 +145,6 @@ def test_grads_are_not_mutated():
 
 
 # --- signature and errors ---------------------------------------------------------------------
-
-def test_signature_is_torchs():
-    ours, theirs = inspect.signature(Muon).parameters, inspect.signature(torch.optim.Muon).parameters
-    assert list(ours) == list(theirs)
-    for name, parameter in theirs.items():
-        assert ours[name].kind == parameter.kind, name
-        assert ours[name].default == parameter.default, name
-
 
 def _error_inputs():
     errors = MUON_INFO.optim_error_inputs_func(device="cpu", dtype=torch.float32)

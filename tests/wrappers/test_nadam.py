@@ -7,7 +7,6 @@ with ``torch.optim.NAdam(foreach=True)``; Adamax's two torch paths agree, and bo
 """
 
 import copy
-import inspect
 import io
 import math
 
@@ -76,14 +75,6 @@ def through_disk(state_dict):
 # ------------------------------------------------------------------------------------------------
 # Signature and state
 # ------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", NAMES)
-def test_signature_is_torchs(name):
-    ours = inspect.signature(getattr(wrappers, name)).parameters
-    theirs = inspect.signature(getattr(torch.optim, name)).parameters
-    assert [(p.name, p.kind, p.default) for p in ours.values()] == \
-        [(p.name, p.kind, p.default) for p in theirs.values()]
-
 
 @pytest.mark.parametrize("default_dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize(("name", "kwargs"), CONFIGS)

@@ -4,14 +4,12 @@ both ways, lr schedules (lr only seeds a param's step sizes), and validation.
 """
 
 import copy
-import inspect
 import math
 import re
 
 import pytest
 import torch
 from torch.optim import lr_scheduler
-from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db
 
 import wrappers
 from optkernels import UnsupportedOptionError
@@ -96,37 +94,6 @@ def test_checkpoint_cross_loads(dtype, saved_by):
 # ------------------------------------------------------------------------------------------------
 # Signature and validation
 # ------------------------------------------------------------------------------------------------
-
-def test_signature_as_torch():
-    ours, theirs = inspect.signature(wrappers.Rprop), inspect.signature(torch.optim.Rprop)
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
-        [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
-
-
-def _error_inputs():
-    info = next(info for info in optim_db if info.optim_cls is torch.optim.Rprop)
-    for index, error in enumerate(info.optim_error_inputs_func(device="cpu", dtype=torch.float32)):
-        if error.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
-            yield pytest.param(error, id=f"{index}-{re.sub(r'[^A-Za-z0-9]+', '-', error.optimizer_error_input.desc)}")
-
-
-def test_error_inputs_were_found():
-    assert any("eta" in error.values[0].error_regex for error in _error_inputs())
-
-
-@pytest.mark.parametrize("error", list(_error_inputs()))
-@pytest.mark.parametrize("cls", [torch.optim.Rprop, wrappers.Rprop], ids=["torch", "ours"])
-def test_torch_construction_error_inputs(cls, error):
-    params = error.optimizer_error_input.params
-    params = [torch.nn.Parameter(torch.randn(2, 2))] if params is None else params
-    kwargs = error.optimizer_error_input.kwargs
-    if issubclass(error.error_type, Warning):
-        with pytest.warns(error.error_type, match=error.error_regex):
-            cls(params, **kwargs)
-    else:
-        with pytest.raises(error.error_type, match=error.error_regex):
-            cls(params, **kwargs)
-
 
 def named(argument):
     return rf"(?<![\w]){re.escape(argument)}(?![\w])"

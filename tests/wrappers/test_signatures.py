@@ -1,0 +1,36 @@
+"""Every wrapper is called as its torch.optim namesake is: the same parameter names, order, kinds
+(positional or keyword-only) and defaults; AdaBelief as DESIGN.md gives it."""
+
+import inspect
+
+import pytest
+import torch
+
+import wrappers
+from tests.configs import OURS
+
+
+def _parameters(cls):
+    """Names, kinds and defaults; annotations aside (torch's are types, ours are not written)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(cls).parameters.values()]
+
+
+@pytest.mark.parametrize("reference", list(OURS), ids=lambda cls: cls.__name__)
+def test_signature_is_torchs(reference):
+    assert _parameters(OURS[reference]) == _parameters(reference)
+
+
+def test_every_torch_optimizer_has_a_wrapper():
+    torch_classes = {cls for cls in vars(torch.optim).values()
+                     if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)
+                     and cls is not torch.optim.Optimizer}
+    assert torch_classes <= set(OURS), sorted(cls.__name__ for cls in torch_classes - set(OURS))
+
+
+def test_adabelief_signature_is_the_designs():
+    def adabelief(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0, amsgrad=False, *,
+                  decoupled_weight_decay=True, fixed_decay=False, rectify=True, degenerated_to_sgd=True,
+                  maximize=False):
+        pass
+
+    assert _parameters(wrappers.AdaBelief) == _parameters(adabelief)
