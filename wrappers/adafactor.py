@@ -43,12 +43,14 @@ class Adafactor(KernelOptimizer):
         if "d" in group and not as_float(group["d"], "d") >= 1:
             raise ValueError(f"Clipping threshold d should be >= 1 but is: {group['d']}")
 
-    def _collect(self, group):
-        # Before any group is touched, so that a bad group changes nothing. The factors are not
-        # the param's shape, so they are collected here rather than by the base class.
+    def _check_grads(self, group):
         for param in group["params"]:
             if param.grad is not None and param.is_complex():
                 raise RuntimeError("Adafactor does not support complex parameters")
+
+    def _collect(self, group):
+        # The factors are not the param's shape, so they are collected (and checked, before any
+        # group is stepped) here rather than by the base class.
         batch = super()._collect(group)
         params, grads, state = batch[:3]
         factors = [self._factors(param, grad) for param, grad in zip(params, grads)]

@@ -41,19 +41,16 @@ class Adagrad(KernelOptimizer):
         value = complex(value, value) if param.is_complex() else value
         return torch.full_like(param, value, memory_format=torch.preserve_format)
 
-    def _collect(self, group):
-        # sparse-grad rules checked here, before any group is stepped, so an error changes nothing
-        batch = super()._collect(group)
-        for index, grad in enumerate(batch[1]):
-            if not grad.is_sparse:
+    def _check_grads(self, group):
+        for index, param in enumerate(group["params"]):
+            if param.grad is None or not param.grad.is_sparse:
                 continue
             if group["weight_decay"] != 0:
                 raise RuntimeError("weight_decay option is not compatible with sparse gradients")
-            if grad.is_complex():
+            if param.is_complex():
                 # torch squares the complex values (not |g|^2): its sums would be wrong
-                raise RuntimeError(f"grads[{index}] of this group is sparse and complex; Adagrad takes "
-                                   "sparse grads of real params only")
-        return batch
+                raise RuntimeError(f"params[{index}] of this group is complex with a sparse grad; Adagrad "
+                                   "takes sparse grads of real params only")
 
     def _update(self, group, params, grads, state, step):
         if group["weight_decay"] != 0:  # weight_decay_l2 takes dense grads only (sparse ones have none)

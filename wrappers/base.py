@@ -77,6 +77,10 @@ class KernelOptimizer(Optimizer):
             if name in group:
                 check(group[name])
 
+    def _check_grads(self, group: dict[str, Any]) -> None:
+        """Raise for a grad (or its param) this optimizer cannot step: a dense grad for SparseAdam,
+        a non-matrix for Muon. Called for every group before any group is stepped."""
+
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         names = self.state_names
         if self.amsgrad_state_name and group.get("amsgrad"):
@@ -146,6 +150,7 @@ class KernelOptimizer(Optimizer):
 
     def _collect(self, group: dict[str, Any]):
         self._check_group(group)
+        self._check_grads(group)
         names = self._state_names(group)
         if self.counts_steps:
             names = ("step",) + names

@@ -42,14 +42,13 @@ class Muon(KernelOptimizer):
         check_ns_options(group["ns_coefficients"], group["ns_steps"])
         check_adjust_lr_fn(group["adjust_lr_fn"])
 
-    def _collect(self, group):
+    def _check_grads(self, group):
         # torch checks these while stepping, so a later group's bad param leaves earlier groups
         # updated; here every group is checked before any update.
         index = next(i for i, g in enumerate(self.param_groups) if g is group)
         for position, param in enumerate(group["params"]):
             if param.grad is not None:
                 check_matrices([param], lambda _: f"param_groups[{index}]['params'][{position}]")
-        return super()._collect(group)
 
     def _init_state(self, name, param):
         # torch shapes the buffer like the grad: its layout decides the NS iteration's rounding

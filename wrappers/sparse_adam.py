@@ -44,16 +44,14 @@ class SparseAdam(KernelOptimizer):
         if "eps" in group and not group["eps"] > 0:
             raise ValueError(f"Invalid epsilon value: {group['eps']} (eps must be > 0 for SparseAdam)")
 
-    def _collect(self, group):
-        # before any group is touched, so a bad group changes nothing
-        for param in group["params"]:
-            if param.grad is not None and not param.grad.is_sparse:
+    def _check_grads(self, group):
+        params = [param for param in group["params"] if param.grad is not None]
+        for param in params:
+            if not param.grad.is_sparse:
                 raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
-            if param.grad is not None and param.is_complex():
+            if param.is_complex():
                 raise RuntimeError("SparseAdam does not support complex parameters")
-        batch = super()._collect(group)
-        step_values(self._steps(batch[0]), len(batch[0]))  # a checkpoint's counts must be whole numbers
-        return batch
+        step_values(self._steps(params), len(params))  # a checkpoint's counts must be whole numbers
 
     def _steps(self, params) -> list:
         """Each param's step count after this step."""
