@@ -11,7 +11,7 @@ for it. Every workload has a ``full`` scale (what the report times by default) a
 >>> len(resnet.shapes), resnet.numel
 (161, 25557032)
 >>> get_workload("many-small", "small").numel
-64000
+16000
 """
 
 from collections.abc import Callable
@@ -90,8 +90,9 @@ def _resnet50(scale: str) -> Workload:
 
 
 def _many_small(scale: str) -> Workload:
-    size = 64 if scale == "small" else 1000  # per-tensor overhead is the point: keep the count
-    return Workload("many-small", f"1000 tensors of {size} elements", ((size,),) * 1000)
+    # per-tensor overhead is the point: the small scale keeps hundreds of tensors
+    count, size = (250, 64) if scale == "small" else (1000, 1000)
+    return Workload("many-small", f"{count} tensors of {size} elements", ((size,),) * count)
 
 
 def _few_large(scale: str) -> Workload:
