@@ -164,3 +164,18 @@ def _step_value(step, name: str) -> float:
     if not (value >= 1 and float(value).is_integer()):
         raise ValueError(f"{name} must be a whole number >= 1 (the count after this update), got {value}")
     return float(value)
+
+
+def check_scalar_lists(count: int, **lists: Sequence[Tensor]) -> None:
+    """Each named list holds ``count`` 1-element real floating tensors: per-param scalar state
+    (NAdam's ``mu_products``, ASGD's ``mus`` and ``etas``), 0-d as torch.optim keeps it."""
+    for name, tensors in lists.items():
+        _check_is_list(name, tensors)
+        if len(tensors) != count:
+            raise ValueError(f"{name} has {len(tensors)} tensors but params has {count}")
+        for index, tensor in enumerate(tensors):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name}[{index}] must be a Tensor, got {type(tensor).__name__}")
+            if tensor.numel() != 1 or not tensor.is_floating_point():
+                raise ValueError(f"{name}[{index}] must be a 1-element real floating-point tensor (0-d, as "
+                                 f"torch.optim keeps it), got {tensor.dtype} of shape {tuple(tensor.shape)}")

@@ -1,13 +1,12 @@
 """ASGD: stochastic gradient descent with a decaying step and a running (Polyak) average."""
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ._math import grouped, scale_
-from ._validation import as_float, check_lr, check_nonnegative, check_tensor_lists, step_values
+from ._validation import as_float, check_lr, check_nonnegative, check_scalar_lists, check_tensor_lists, step_values
 
 
 def asgd_update(
@@ -77,7 +76,7 @@ def asgd_update(
     Stochastic Gradient Descent", 2011, as torch.optim.ASGD.
     """
     count = check_tensor_lists(params=params, grads=grads, axs=axs)
-    check_scalar_states(count, mus=mus, etas=etas)
+    check_scalar_lists(count, mus=mus, etas=etas)
     steps = step_values(step, count)
     lr = check_lr(lr)
     lambd, alpha = check_nonnegative("lambd", lambd), check_nonnegative("alpha", alpha)
@@ -108,18 +107,3 @@ def check_t0(t0) -> float:
     if math.isnan(value):
         raise ValueError(f"Invalid t0 value: {t0} (t0 must not be NaN)")
     return value
-
-
-def check_scalar_states(count: int, **lists: Sequence[Tensor]) -> None:
-    """Each named list holds ``count`` 1-element floating tensors (ASGD's ``mus`` and ``etas``)."""
-    for name, tensors in lists.items():
-        if isinstance(tensors, Tensor) or not isinstance(tensors, Sequence):
-            raise TypeError(f"{name} must be a list of tensors, got {type(tensors).__name__}")
-        if len(tensors) != count:
-            raise ValueError(f"{name} has {len(tensors)} tensors but params has {count}")
-        for index, tensor in enumerate(tensors):
-            if not isinstance(tensor, Tensor):
-                raise TypeError(f"{name}[{index}] must be a Tensor, got {type(tensor).__name__}")
-            if tensor.numel() != 1 or not tensor.is_floating_point():
-                raise ValueError(f"{name}[{index}] must be a 1-element floating tensor (0-d, as torch.optim "
-                                 f"keeps it), got {tensor.dtype} of shape {tuple(tensor.shape)}")

@@ -9,6 +9,7 @@ from ._validation import (
     check_eps,
     check_lr,
     check_nonnegative,
+    check_scalar_lists,
     check_tensor_lists,
     step_values,
 )
@@ -73,7 +74,7 @@ def nadam_update(
     formulation of torch.optim.NAdam.
     """
     count = check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
-    _check_mu_products(mu_products, count)
+    check_scalar_lists(count, mu_products=mu_products)
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
@@ -95,18 +96,3 @@ def nadam_update(
         momentum_step_sizes = [(lr * mu_next / (1.0 - product * mu_next)) * -1 for product in products]
         torch._foreach_addcdiv_(params_, grads_, denoms, grad_step_sizes)
         torch._foreach_addcdiv_(params_, exp_avgs_, denoms, momentum_step_sizes)
-
-
-def _check_mu_products(mu_products, count: int) -> None:
-    if isinstance(mu_products, Tensor) or not isinstance(mu_products, (list, tuple)):
-        raise TypeError(f"mu_products must be a list of tensors, got {type(mu_products).__name__}")
-    if len(mu_products) != count:
-        raise ValueError(f"mu_products has {len(mu_products)} tensors but params has {count}")
-    for index, mu_product in enumerate(mu_products):
-        if not isinstance(mu_product, Tensor):
-            raise TypeError(f"mu_products[{index}] must be a Tensor, got {type(mu_product).__name__}")
-        if mu_product.numel() != 1 or not mu_product.is_floating_point():
-            raise ValueError(
-                f"mu_products[{index}] must be a 1-element real floating-point tensor, got "
-                f"{mu_product.dtype} of shape {tuple(mu_product.shape)}"
-            )

@@ -3,8 +3,8 @@
 import torch
 
 from optkernels import asgd_update, weight_decay_l2
-from optkernels._validation import as_float, check_nonnegative
-from optkernels.asgd import check_scalar_states, check_t0
+from optkernels._validation import as_float, check_nonnegative, check_scalar_lists
+from optkernels.asgd import check_t0
 
 from .base import KernelOptimizer, _scalar_dtype
 
@@ -52,7 +52,7 @@ class ASGD(KernelOptimizer):
                     tensor = self._new_scalar(name, param, group)
                     new_state.setdefault(param, {})[name] = tensor
                 state[name].append(tensor)
-        check_scalar_states(len(params), eta=state["eta"], mu=state["mu"])
+        check_scalar_lists(len(params), eta=state["eta"], mu=state["mu"])
         created = [(param, {name: entries[name] for name in _STATE_ORDER if name in entries})
                    for param, entries in new_state.items()]
         return params, grads, state, created, kernel_made
