@@ -12,7 +12,6 @@ import torch
 from torch.optim import lr_scheduler
 
 import wrappers
-from optkernels import UnsupportedOptionError
 from tests.helpers import DTYPES, assert_same_state, make_grads, make_param_values, make_params
 
 
@@ -132,79 +131,3 @@ def test_bad_hyperparameter(kwargs, argument):
 
 def test_unbounded_step_sizes_are_valid():
     wrappers.Rprop([torch.nn.Parameter(torch.ones(2))], step_sizes=(0, INF))
-
-
-@pytest.mark.parametrize("switch", ["capturable", "differentiable"])
-def test_torch_only_switches_are_unsupported(switch):
-    with pytest.raises(UnsupportedOptionError, match=named(switch)):
-        wrappers.Rprop([torch.nn.Parameter(torch.ones(2))], **{switch: True})
-
-
-@pytest.mark.parametrize("foreach", [None, False, True])
-def test_foreach_is_accepted(foreach):
-    param = torch.nn.Parameter(torch.ones(2))
-    optimizer = wrappers.Rprop([param], foreach=foreach)
-    param.grad = torch.ones(2)
-    optimizer.step()
-    assert optimizer.param_groups[0]["foreach"] is foreach and not torch.equal(param, torch.ones(2))
-
-
-def _state_key(key, value):
-    def change(optimizer):
-        param = optimizer.param_groups[1]["params"][0]
-        optimizer.state[param][key] = value
-    return change
-
-
-def _group(**values):
-    def change(optimizer):
-        optimizer.param_groups[1].update(values)
-    return change
-
-
-def _sparse_grad(optimizer):
-    param = optimizer.param_groups[1]["params"][0]
-    param.grad = param.grad.to_sparse()
-
-
-# (id, change to group 2, error, regex, needs state to exist)
-STEP_ERRORS = [
-    ("nan-etaplus", _group(etas=(0.5, NAN)), ValueError, named("etaplus"), False),
-    ("reversed-step_sizes", _group(step_sizes=(1.0, 0.1)), ValueError, named("step_sizes"), False),
-    ("nan-lr", _group(lr=NAN), ValueError, named("lr"), False),
-    ("sparse-grad", _sparse_grad, RuntimeError, "sparse", False),
-    ("step_size-of-wrong-shape", _state_key("step_size", torch.ones(2)), ValueError,
-     re.escape("step_size[0]"), True),
-    ("prev-of-wrong-dtype", _state_key("prev", torch.zeros(3, dtype=torch.float64)), TypeError,
-     re.escape("prev[0]"), True),
-]
-
-
-@pytest.mark.parametrize(("change", "error", "pattern", "warm"),
-                         [pytest.param(*case[1:4], warm, id=f"{case[0]}-{'warm' if warm else 'fresh'}")
-                          for case in STEP_ERRORS for warm in (False, True) if warm or not case[4]])
-def test_step_error_in_second_group_changes_nothing(change, error, pattern, warm):
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(3, generator=gen)) for _ in range(4)]
-    optimizer = wrappers.Rprop([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}])
-
-    def set_grads():
-        for param in params:
-            param.grad = torch.randn(3, generator=gen)
-
-    if warm:
-        for _ in range(2):
-            set_grads()
-            optimizer.step()
-    set_grads()
-    change(optimizer)
-    before_params = [p.detach().clone() for p in params]
-    before_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
-    for _ in range(2):  # and it keeps failing the same way
-        with pytest.raises(error, match=pattern):
-            optimizer.step()
-        assert all(torch.equal(p, b) for p, b in zip(params, before_params))
-        assert set(optimizer.state) == set(before_state)
-        for param, state in before_state.items():
-            assert list(optimizer.state[param]) == list(state)
-            assert all(torch.equal(optimizer.state[param][k], v) for k, v in state.items())

@@ -4,6 +4,7 @@ A step that raises must change nothing: no param, no state tensor, no ``step`` c
 lazily created state, in any param group.
 """
 
+import functools
 import inspect
 import math
 import re
@@ -26,7 +27,20 @@ VALID = API_KWARGS  # a valid configuration of each, one that keeps state
 def takes(name: str, argument: str) -> bool:
     if argument == "dense-only":  # not an argument: the wrapper rejects sparse grads
         return not WRAPPERS[name].takes_sparse_grads
+    if argument == "scalar-state":  # not an argument: the wrapper keeps 0-d state per param
+        return bool(_scalar_state_keys(name))
     return argument in inspect.signature(WRAPPERS[name]).parameters
+
+
+@functools.cache
+def _scalar_state_keys(name: str) -> tuple[str, ...]:
+    """The 0-d per-param state tensors of a wrapper (NAdam's mu_product, ASGD's eta and mu)."""
+    (param,) = make_params(1)
+    optimizer = WRAPPERS[name]([param], **VALID[name])
+    param.grad = torch.ones_like(param)
+    optimizer.step()
+    return tuple(key for key, value in optimizer.state[param].items()
+                 if key != "step" and torch.is_tensor(value) and value.dim() == 0)
 
 
 def make_params(n=2, seed=0):
@@ -280,6 +294,13 @@ def _wrong_shape_state(opt):
     opt.state[p][key] = torch.zeros(7)
 
 
+def _scalar_state(value):
+    def change(opt):
+        p = opt.param_groups[1]["params"][0]
+        opt.state[p][_scalar_state_keys(type(opt).__name__)[0]] = value
+    return change
+
+
 def _set(**values):
     def change(opt):
         opt.param_groups[1].update(values)
@@ -301,6 +322,15 @@ STEP_ERRORS = [
     ("negative-momentum", _set(momentum=-0.1), ValueError, named("momentum"), False, "momentum"),
     ("nesterov-with-dampening", _set(nesterov=True, dampening=0.5), ValueError, named("dampening"), False,
      "nesterov"),
+    ("nan-lambd", _set(lambd=NAN), ValueError, named("lambd"), False, "lambd"),
+    ("nan-t0", _set(t0=NAN), ValueError, named("t0"), False, "t0"),
+    ("negative-alpha", _set(alpha=-1.0), ValueError, named("alpha"), False, "alpha"),
+    ("nan-etaplus", _set(etas=(0.5, NAN)), ValueError, named("etaplus"), False, "etas"),
+    ("reversed-step_sizes", _set(step_sizes=(1.0, 0.1)), ValueError, named("step_sizes"), False, "step_sizes"),
+    ("nan-momentum_decay", _set(momentum_decay=NAN), ValueError, named("momentum_decay"), False,
+     "momentum_decay"),
+    ("2-element-scalar-state", _scalar_state(torch.ones(2)), ValueError, STATE_NAMED, True, "scalar-state"),
+    ("integer-scalar-state", _scalar_state(torch.tensor(1)), ValueError, STATE_NAMED, True, "scalar-state"),
     ("state-of-wrong-dtype", _wrong_dtype_state, TypeError, STATE_NAMED, True, None),
     ("state-of-wrong-shape", _wrong_shape_state, ValueError, STATE_NAMED, True, None),
 ]
