@@ -28,14 +28,14 @@ class Adagrad(KernelOptimizer):
         super().__init__(params, defaults)
         for group in self.param_groups:
             for param in group["params"]:
-                self.state[param].update({name: self._new_state(name, param) for name in ("step", "sum")})
+                self.state[param].update({name: self._new_state(name, param, group) for name in ("step", "sum")})
 
     def _check_group(self, group):
         super()._check_group(group)
         check_nonnegative("lr_decay", group["lr_decay"])
         check_nonnegative("initial_accumulator_value", group["initial_accumulator_value"])
 
-    def _init_state(self, name, param):
+    def _init_state(self, name, param, group):
         # torch reads the constructor's value here, never the group's
         value = self.defaults["initial_accumulator_value"]
         value = complex(value, value) if param.is_complex() else value

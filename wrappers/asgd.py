@@ -3,13 +3,10 @@
 import torch
 
 from optkernels import asgd_update, weight_decay_l2
-from optkernels._validation import as_float, check_nonnegative, check_scalar_lists
+from optkernels._validation import as_float, check_nonnegative
 from optkernels.asgd import check_t0
 
 from .base import KernelOptimizer, _scalar_dtype
-
-# torch's order of a param's state keys
-_STATE_ORDER = ("step", "eta", "mu", "ax")
 
 
 class ASGD(KernelOptimizer):
@@ -19,7 +16,8 @@ class ASGD(KernelOptimizer):
     dtype on the param's device) and ``ax`` (the running average of the param).
     """
 
-    state_names = ("ax",)  # eta and mu are 0-d, so the base class does not collect them
+    state_names = ("eta", "mu", "ax")  # torch's order of the keys
+    scalar_state_names = ("eta", "mu")
 
     def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, foreach=None,
                  maximize=False, differentiable=False, capturable=False):
@@ -33,34 +31,16 @@ class ASGD(KernelOptimizer):
         check_nonnegative("alpha", group["alpha"])
         check_t0(group["t0"])
 
-    def _new_state(self, name, param):
+    def _new_state(self, name, param, group):
         if name == "step":  # torch keeps ASGD's step on the param's device
             return torch.zeros((), dtype=_scalar_dtype(), device=param.device)
-        return super()._new_state(name, param)
+        return super()._new_state(name, param, group)
 
-    def _collect(self, group):
-        params, grads, state, created, kernel_made = super()._collect(group)
-        # Add eta and mu beside the collected state, created with the rest of a param's state
-        # (installed only once every group is checked).
-        new_state = dict(created)
-        state["eta"], state["mu"] = [], []
-        for param in params:
-            existing = self.state.get(param, {})
-            for name in ("eta", "mu"):
-                tensor = existing.get(name)
-                if tensor is None:
-                    tensor = self._new_scalar(name, param, group)
-                    new_state.setdefault(param, {})[name] = tensor
-                state[name].append(tensor)
-        check_scalar_lists(len(params), eta=state["eta"], mu=state["mu"])
-        created = [(param, {name: entries[name] for name in _STATE_ORDER if name in entries})
-                   for param, entries in new_state.items()]
-        return params, grads, state, created, kernel_made
-
-    @staticmethod
-    def _new_scalar(name, param, group):
-        value = as_float(group["lr"], "lr") if name == "eta" else 1.0
-        return torch.tensor(value, dtype=_scalar_dtype(), device=param.device)
+    def _init_state(self, name, param, group):
+        if name in self.scalar_state_names:  # eta starts at the group's lr, mu at 1
+            value = as_float(group["lr"], "lr") if name == "eta" else 1.0
+            return torch.tensor(value, dtype=_scalar_dtype(), device=param.device)
+        return super()._init_state(name, param, group)
 
     def _update(self, group, params, grads, state, step):
         # torch views complex params as real pairs before its weight decay too, which rounds

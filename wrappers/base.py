@@ -13,6 +13,7 @@ from optkernels._validation import (
     check_eps,
     check_lr,
     check_nonnegative,
+    check_scalar_lists,
     check_tensor_lists,
 )
 
@@ -52,6 +53,7 @@ class KernelOptimizer(Optimizer):
     """
 
     state_names: ClassVar[tuple[str, ...]] = ()  # per-param state tensors, zero-initialised
+    scalar_state_names: ClassVar[tuple[str, ...]] = ()  # those of them that are 0-d, not param-shaped
     amsgrad_state_name: ClassVar[str | None] = None  # also kept when group["amsgrad"]
     counts_steps: ClassVar[bool] = True  # keeps state["step"], as torch.optim does
     takes_sparse_grads: ClassVar[bool] = False  # True: sparse grads reach ``_update`` (SparseAdam)
@@ -87,7 +89,7 @@ class KernelOptimizer(Optimizer):
             names += (self.amsgrad_state_name,)
         return names
 
-    def _init_state(self, name: str, param: Tensor) -> Tensor | None:
+    def _init_state(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor | None:
         """A new state tensor; ``None`` lets the kernel create it on the first step."""
         return torch.zeros_like(param, memory_format=torch.preserve_format)
 
@@ -170,7 +172,7 @@ class KernelOptimizer(Optimizer):
             for name in names:
                 tensor = param_state.get(name)
                 if tensor is None:
-                    tensor = self._new_state(name, param)
+                    tensor = self._new_state(name, param, group)
                     if tensor is None:
                         kernel_made.add(name)
                     else:
@@ -178,12 +180,14 @@ class KernelOptimizer(Optimizer):
                 state[name].append(tensor)
             if new_state:
                 created.append((param, new_state))
+        shaped = {name: tensors for name, tensors in state.items()
+                  if name != "step" and name not in self.scalar_state_names}
         check_tensor_lists(fillable=tuple(kernel_made), sparse=("grads",) if self.takes_sparse_grads else (),
-                           params=params, grads=grads,
-                           **{name: tensors for name, tensors in state.items() if name != "step"})
+                           params=params, grads=grads, **shaped)
+        check_scalar_lists(len(params), **{name: state[name] for name in self.scalar_state_names if name in state})
         return params, grads, state, created, kernel_made
 
-    def _new_state(self, name: str, param: Tensor) -> Tensor | None:
+    def _new_state(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor | None:
         if name == "step":
             return torch.tensor(0.0, dtype=_scalar_dtype())
-        return self._init_state(name, param)
+        return self._init_state(name, param, group)

@@ -50,7 +50,7 @@ class Muon(KernelOptimizer):
             if param.grad is not None:
                 check_matrices([param], lambda _: f"param_groups[{index}]['params'][{position}]")
 
-    def _init_state(self, name, param):
+    def _init_state(self, name, param, group):
         # torch shapes the buffer like the grad: its layout decides the NS iteration's rounding
         return torch.zeros_like(param.grad, memory_format=torch.preserve_format)
 

@@ -16,9 +16,8 @@ class NAdam(KernelOptimizer):
     scalar dtype, created at 1.0), ``exp_avg`` and ``exp_avg_sq``.
     """
 
-    # mu_product is state too, but 0-d: the base class checks these against the param's shape,
-    # so it is kept by ``_update`` itself.
-    state_names = ("exp_avg", "exp_avg_sq")
+    state_names = ("mu_product", "exp_avg", "exp_avg_sq")  # torch's order of the keys
+    scalar_state_names = ("mu_product",)
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
@@ -31,15 +30,11 @@ class NAdam(KernelOptimizer):
     def _check_group(self, group):
         super()._check_group(group)
         check_nonnegative("momentum_decay", group["momentum_decay"])
-        # The base class checks the other state before any group is stepped; mu_product is ours.
-        # (``params`` is a list once the group is added; the constructor checks defaults without.)
-        params = group.get("params")
-        for index, param in enumerate(params if isinstance(params, list) else ()):
-            mu_product = self.state.get(param, {}).get("mu_product")
-            if mu_product is not None and not (torch.is_tensor(mu_product) and mu_product.numel() == 1
-                                               and mu_product.is_floating_point()):
-                raise ValueError(f"state 'mu_product' of params[{index}] must be a 1-element real "
-                                 f"floating-point tensor, got {mu_product!r}")
+
+    def _init_state(self, name, param, group):
+        if name == "mu_product":  # the product of the mu_t so far: 1 before the first step
+            return torch.tensor(1.0, dtype=_scalar_dtype())
+        return super()._init_state(name, param, group)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -48,15 +43,8 @@ class NAdam(KernelOptimizer):
                 param_state["mu_product"] = torch.tensor(param_state["mu_product"], dtype=_scalar_dtype())
 
     def _update(self, group, params, grads, state, step):
-        mu_products = [self._mu_product(param) for param in params]
         grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
                                 decoupled=group["decoupled_weight_decay"])
-        nadam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], mu_products, step=step,
+        nadam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], state["mu_product"], step=step,
                      lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
                      momentum_decay=group["momentum_decay"])
-
-    def _mu_product(self, param):
-        param_state = self.state[param]
-        if "mu_product" not in param_state:
-            param_state["mu_product"] = torch.tensor(1.0, dtype=_scalar_dtype())
-        return param_state["mu_product"]

@@ -36,18 +36,15 @@ class Rprop(KernelOptimizer):
         _check_pair("step_sizes", group["step_sizes"])
         check_step_size_bounds(*group["step_sizes"])
 
-    def _init_state(self, name, param):
+    def _init_state(self, name, param, group):
         if name == "step_size":
-            return None  # filled with lr in _update, where the group is known
-        return super()._init_state(name, param)
+            # as torch: shaped like the grad, and lr + lr*i for a complex param (its real and
+            # imaginary parts step as two reals)
+            lr = as_float(group["lr"], "lr")
+            return torch.full_like(param.grad, complex(lr, lr) if param.is_complex() else lr)
+        return super()._init_state(name, param, group)
 
     def _update(self, group, params, grads, state, step):
-        step_sizes, lr = state["step_size"], as_float(group["lr"], "lr")
-        for index, grad in enumerate(grads):
-            if step_sizes[index] is None:
-                # as torch: shaped like the grad, and lr + lr*i for a complex param (its real
-                # and imaginary parts step as two reals)
-                step_sizes[index] = torch.full_like(grad, complex(lr, lr) if grad.is_complex() else lr)
         (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
-        rprop_update(params, grads, state["prev"], step_sizes, etaminus=etaminus, etaplus=etaplus,
+        rprop_update(params, grads, state["prev"], state["step_size"], etaminus=etaminus, etaplus=etaplus,
                      step_size_min=step_size_min, step_size_max=step_size_max)

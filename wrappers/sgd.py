@@ -28,7 +28,7 @@ class SGD(KernelOptimizer):
     def _state_names(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _init_state(self, name, param):
+    def _init_state(self, name, param, group):
         return None  # the kernel copies the first gradient in, as torch.optim.SGD does
 
     def _update(self, group, params, grads, state, step):
