@@ -55,6 +55,16 @@ def _randn(shape, generator, dtype: torch.dtype) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=wide).to(dtype)
 
 
+def random_tensors(dtype: torch.dtype, seed: int, layouts=LAYOUTS) -> list[torch.Tensor]:
+    """Fresh random tensors, one per ``(shape, layout)``, the same numbers for every dtype."""
+    generator = torch.Generator().manual_seed(seed)
+    return [laid_out(_randn(shape, generator, dtype), layout) for shape, layout in layouts]
+
+
+def copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [same_layout_copy(t) for t in tensors]
+
+
 def make_param_values(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [_randn(shape, generator, dtype) for shape, _ in LAYOUTS]

@@ -10,6 +10,7 @@ foreach one.
 """
 
 import math
+from functools import partial
 import re
 
 import pytest
@@ -17,7 +18,8 @@ import torch
 from torch.optim.adadelta import adadelta as torch_functional_adadelta
 
 from optkernels import adadelta_update, weight_decay_l2
-from tests.helpers import laid_out, same_layout_copy, tolerance
+from tests import helpers
+from tests.helpers import copies, tolerance
 
 # A matrix, a vector, a 0-d tensor, a transposed matrix, a strided view and an empty tensor.
 LAYOUTS = [((4, 5), "contiguous"), ((7,), "contiguous"), ((), "contiguous"), ((6, 3), "transposed"),
@@ -34,15 +36,7 @@ HPARAMS = {
 }
 
 
-def random_tensors(dtype, seed, layouts=LAYOUTS):
-    generator = torch.Generator().manual_seed(seed)
-    wide = torch.complex128 if dtype.is_complex else torch.float64
-    return [laid_out(torch.randn(shape, generator=generator, dtype=wide).to(dtype), layout)
-            for shape, layout in layouts]
-
-
-def copies(tensors):
-    return [same_layout_copy(t) for t in tensors]
+random_tensors = partial(helpers.random_tensors, layouts=LAYOUTS)
 
 
 def torch_adadelta(params, grads, square_avgs, acc_deltas, *, foreach, lr, rho, eps, weight_decay=0.0):

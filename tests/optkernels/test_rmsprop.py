@@ -9,6 +9,7 @@ foreach one.
 """
 
 import math
+from functools import partial
 import re
 
 import pytest
@@ -16,7 +17,8 @@ import torch
 from torch.optim.rmsprop import rmsprop as torch_functional_rmsprop
 
 from optkernels import rmsprop_update, weight_decay_l2
-from tests.helpers import laid_out, same_layout_copy, tolerance
+from tests import helpers
+from tests.helpers import copies, tolerance
 
 # A matrix, a vector, a 0-d tensor, a transposed matrix, a strided view and an empty tensor.
 LAYOUTS = [((4, 5), "contiguous"), ((7,), "contiguous"), ((), "contiguous"), ((6, 3), "transposed"),
@@ -38,15 +40,7 @@ HPARAMS = {
 }
 
 
-def random_tensors(dtype, seed, layouts=LAYOUTS):
-    generator = torch.Generator().manual_seed(seed)
-    wide = torch.complex128 if dtype.is_complex else torch.float64
-    return [laid_out(torch.randn(shape, generator=generator, dtype=wide).to(dtype), layout)
-            for shape, layout in layouts]
-
-
-def copies(tensors):
-    return [same_layout_copy(t) for t in tensors]
+random_tensors = partial(helpers.random_tensors, layouts=LAYOUTS)
 
 
 def torch_rmsprop(params, grads, square_avgs, grad_avgs, buffers, *, foreach, lr, alpha, eps, momentum,
