@@ -9,6 +9,11 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 TensorLists = list[list[Tensor] | None]
 
+# The temporaries budget: a kernel call, or a wrapper step, processes its tensors in chunks small
+# enough that the tensors it allocates on the way stay under this many bytes, whatever the model
+# size. Read at each call, so ``monkeypatch.setattr(optkernels._math, "TEMPORARY_BYTES", n)`` works.
+TEMPORARY_BYTES = 64 * 2**20
+
 
 def bias_correction(beta: float, step: float) -> float:
     r"""``1 - beta^t``: the bias of an EMA started at zero, after ``t`` steps."""
@@ -43,14 +48,19 @@ _ROUNDS_SCALARS = (torch.bfloat16, torch.float16)
 
 
 def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
-            steps: Sequence[float] | None = None) -> Iterator[tuple[TensorLists, float | None]]:
-    """Split parallel tensor lists into groups of one device, dtype and step count.
+            steps: Sequence[float] | None = None, *,
+            temporaries: int = 1) -> Iterator[tuple[TensorLists, float | None]]:
+    """Split parallel tensor lists into groups of one device, dtype and step count, in chunks.
 
     Yields ``(lists, step)`` with ``lists`` in the order given (``None`` stays ``None``) and
     ``step`` the group's step count (``None`` when no ``steps`` are given: one value per
     tensor, from :func:`step_values`). Complex
     tensors are viewed as real pairs, which every elementwise rule here treats correctly.
-    The usual case (one device, one dtype, one step) yields the lists themselves.
+    The usual case (one device, one dtype, one step, a small model) yields the lists themselves.
+
+    ``temporaries`` is how many param-sized tensor lists the caller allocates per group at most:
+    each yielded group's params hold at most ``TEMPORARY_BYTES / temporaries`` bytes, so the
+    caller's temporaries stay within :data:`TEMPORARY_BYTES` (see :func:`chunks`).
     """
     present = [i for i, lst in enumerate(tensor_lists) if lst is not None]
     params = tensor_lists[0]
@@ -61,17 +71,67 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
         full: TensorLists = [None] * len(tensor_lists)
         for position, sublist in zip(present, sublists):
             full[position] = _as_real(sublist) if dtype.is_complex else sublist
+        limit = TEMPORARY_BYTES // temporaries
         if steps is None:
-            yield full, None
+            yield from ((lists, None) for lists in chunks(full, limit))
             continue
         by_step: dict[float, list[int]] = {}
         for position, index in enumerate(indices):
             by_step.setdefault(steps[index], []).append(position)
         if len(by_step) == 1:
-            yield full, steps[indices[0]]
+            yield from ((lists, steps[indices[0]]) for lists in chunks(full, limit))
             continue
         for value, positions in by_step.items():
-            yield [None if lst is None else [lst[p] for p in positions] for lst in full], value
+            sublists = [None if lst is None else [lst[p] for p in positions] for lst in full]
+            yield from ((lists, value) for lists in chunks(sublists, limit))
+
+
+def chunks(tensor_lists: TensorLists, limit_bytes: int, *, shared: Sequence[int] = ()) -> Iterator[TensorLists]:
+    """Split parallel lists into runs whose params (the first list) hold at most ``limit_bytes``.
+
+    A param larger than the limit is cut into contiguous 1-D slices of the limit, one run each,
+    where every list holds a contiguous tensor of its shape at that place, or is a list whose
+    index is in ``shared`` (step counts, 0-d state): those entries are repeated for each slice.
+    Any other param too large to cut (non-contiguous, or beside a 0-d state tensor not marked
+    shared, which a kernel would update once per slice) is a run of its own. Slices are views,
+    so in-place updates of them update the tensors. Lists that fit yield themselves, uncopied.
+    """
+    params = tensor_lists[0]
+    sizes = [param.numel() * param.element_size() for param in params]
+    if sum(sizes) <= limit_bytes:
+        yield tensor_lists
+        return
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        if total and total + size > limit_bytes:
+            yield _run(tensor_lists, start, index)
+            start, total = index, 0
+        if size > limit_bytes and _can_slice(tensor_lists, index, shared):
+            if index > start:
+                yield _run(tensor_lists, start, index)
+            yield from _slices(tensor_lists, index, max(1, limit_bytes // params[index].element_size()), shared)
+            start, total = index + 1, 0
+            continue
+        total += size
+    if start < len(params):
+        yield _run(tensor_lists, start, len(params))
+
+
+def _run(tensor_lists: TensorLists, start: int, stop: int) -> TensorLists:
+    return [None if lst is None else lst[start:stop] for lst in tensor_lists]
+
+
+def _can_slice(tensor_lists: TensorLists, index: int, shared: Sequence[int]) -> bool:
+    shape = tensor_lists[0][index].shape
+    return all(position in shared or (lst[index].shape == shape and lst[index].is_contiguous())
+               for position, lst in enumerate(tensor_lists) if lst is not None)
+
+
+def _slices(tensor_lists: TensorLists, index: int, length: int, shared: Sequence[int]) -> Iterator[TensorLists]:
+    numel = tensor_lists[0][index].numel()
+    for start in range(0, numel, length):
+        yield [None if lst is None else [lst[index] if position in shared else lst[index].view(-1)[start:start + length]]
+               for position, lst in enumerate(tensor_lists)]
 
 
 def _as_real(tensors: list[Tensor]) -> list[Tensor]:

@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import bias_correction, grouped, scale_
 from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, optional_list, step_values
 
@@ -19,6 +20,7 @@ def adam_update(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    compiled: bool = False,
 ) -> None:
     r"""Adam step, in place, on lists of tensors; AMSGrad when ``max_exp_avg_sqs`` is given.
 
@@ -35,6 +37,8 @@ def adam_update(
         step: the step count *after* this update (1 on the first call): an int, or one int or
             0-d tensor per param.
         lr, beta1, beta2, eps: as in ``torch.optim.Adam``; ``lr`` may be a 1-element tensor.
+        compiled: run :func:`adam_rule` per tensor, compiled (see ``optkernels._compiled``):
+            one pass over memory, equal to the foreach path to rounding.
 
     Mutates params, exp_avgs, exp_avg_sqs (and max_exp_avg_sqs). Never grads. Weight decay
     is composed in front: ``grads = weight_decay_l2(params, grads, ...)``.
@@ -61,6 +65,11 @@ def adam_update(
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_), t in grouped(
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], steps
     ):
+        if compiled:
+            run_compiled(adam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_],
+                         beta1=beta1, beta2=beta2, eps=eps, step_size=lr / bias_correction(beta1, t),
+                         bias_correction2_sqrt=bias_correction(beta2, t) ** 0.5)
+            continue
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         scale_(exp_avg_sqs_, beta2)                                          # v_t
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)
@@ -71,3 +80,15 @@ def adam_update(
         torch._foreach_div_(denoms, bias_correction(beta2, t) ** 0.5)
         torch._foreach_add_(denoms, eps)
         torch._foreach_addcdiv_(params_, exp_avgs_, denoms, (lr / bias_correction(beta1, t)) * -1)
+
+
+def adam_rule(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, beta1, beta2, eps, step_size,
+              bias_correction2_sqrt) -> None:
+    """:func:`adam_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors,
+    ``step_size`` is :math:`\\alpha/(1-\\beta_1^t)`, the bias corrections are computed outside."""
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad * (1 - beta2))
+    if max_exp_avg_sq is not None:
+        exp_avg_sq = max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq, exp_avg_sq))
+    denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    param.sub_(exp_avg / denom * step_size)

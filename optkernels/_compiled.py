@@ -1,0 +1,74 @@
+"""The compiled path: an algorithm's rule on one tensor, compiled once, fed its scalars as tensors.
+
+Each kernel module writes its update a second time as a *pointwise rule*: plain tensor code on
+one param and its state, with every hyperparameter a 0-d tensor. :func:`run_compiled` compiles
+that rule once per (rule, dtype, device, option branch) with ``torch.compile(dynamic=True)`` and
+calls it per tensor. Hyperparameters reach it as 0-d float64 tensors, never Python floats:
+dynamo specialises Python floats that feed aten scalar arguments, so a new lr or step count
+would recompile; a tensor input of the same dtype and shape never does. On a flat buffer (the
+wrappers' ``flat=True``) that is one fused pass over memory per step.
+
+Where ``torch.compile`` cannot run (no dynamo for this Python, no C++ compiler), the rule runs
+eagerly, after one warning: the same numbers, without the speed.
+"""
+
+import functools
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+Rule = Callable[..., None]
+
+
+@functools.cache
+def compiled(rule: Rule) -> Rule:
+    """``rule`` compiled with dynamic shapes; dynamo keeps one graph per dtype, device and branch."""
+    return torch.compile(rule, dynamic=True, fullgraph=True)
+
+
+def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], **scalars: float | bool | None) -> None:
+    """``rule(*tensors, **scalars)`` for each position of the parallel lists, compiled.
+
+    ``None`` lists give ``None``. Numbers in ``scalars`` become 0-d float64 tensors on the CPU,
+    which a compiled kernel on any device reads as scalars, so their values never recompile;
+    ``bool`` and ``None`` pass as they are: they choose a branch, one graph each.
+    """
+    scalar_tensors = {name: value if value is None or isinstance(value, bool)
+                      else torch.tensor(value, dtype=torch.float64) for name, value in scalars.items()}
+    count = len(tensor_lists[0])
+    columns = [lst if lst is not None else [None] * count for lst in tensor_lists]
+    step = _runner(rule)
+    for tensors in zip(*columns):
+        step(*tensors, **scalar_tensors)
+
+
+def _runner(rule: Rule) -> Rule:
+    if rule in _EAGER:
+        return rule
+    if not torch._dynamo.is_dynamo_supported():
+        return _fall_back(rule, RuntimeError("torch.compile is not supported on this Python or platform"))
+    fast = compiled(rule)
+    from torch._dynamo.exc import BackendCompilerFailed  # imported here: inductor is slow to import
+    from torch._inductor.exc import InductorError
+
+    def call(*args, **kwargs):
+        try:
+            return fast(*args, **kwargs)
+        except (BackendCompilerFailed, InductorError) as error:
+            # raised while compiling, before any tensor is written
+            return _fall_back(rule, error)(*args, **kwargs)
+    return call
+
+
+_EAGER: set[Rule] = set()
+
+
+def _fall_back(rule: Rule, error: Exception) -> Rule:
+    if not _EAGER:
+        warnings.warn(
+            f"optkernels: torch.compile failed ({type(error).__name__}: {error}); the compiled path "
+            "runs its rules eagerly instead (same results, not faster)", RuntimeWarning, stacklevel=4)
+    _EAGER.add(rule)
+    return rule
