@@ -27,30 +27,32 @@ class Adam(KernelOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False):
+                 decoupled_weight_decay=False, flat=False, compiled=False):
         _check_tensor_hparams(lr, betas, foreach)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
         grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
                                 decoupled=group["decoupled_weight_decay"])
         adam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
                     step=step, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                    eps=group["eps"])
+                    eps=group["eps"], compiled=self.compiled)
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay; torch.optim.AdamW's signature and defaults."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None):
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+                 flat=False, compiled=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                          foreach=foreach, maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True)
+                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+                         flat=flat, compiled=compiled)
 
     def __setstate__(self, state):
         super().__setstate__(state)

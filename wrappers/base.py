@@ -7,6 +7,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._flat import FlatBuffers, flattenable
+
+from optkernels import _math
+from optkernels._math import chunks
 from optkernels._validation import (
     UnsupportedOptionError,
     check_beta,
@@ -57,8 +61,13 @@ class KernelOptimizer(Optimizer):
     amsgrad_state_name: ClassVar[str | None] = None  # also kept when group["amsgrad"]
     counts_steps: ClassVar[bool] = True  # keeps state["step"], as torch.optim does
     takes_sparse_grads: ClassVar[bool] = False  # True: sparse grads reach ``_update`` (SparseAdam)
+    # Each element's update reads only that element: params may be cut into slices and flattened
+    elementwise: ClassVar[bool] = True
 
-    def __init__(self, params, defaults: dict[str, Any]) -> None:
+    def __init__(self, params, defaults: dict[str, Any], *, flat: bool = False, compiled: bool = False) -> None:
+        """``flat``: keep each group's params, grads and state in one buffer per device and dtype
+        (see ``wrappers._flat``). ``compiled``: run the kernels' compiled rules (see
+        ``optkernels._compiled``). Both default off; together they make one pass over memory."""
         # Options first, as torch.optim does, so a bad lr is reported whatever params are.
         self._check_options(defaults)
         if isinstance(params, (set, frozenset)):
@@ -66,6 +75,15 @@ class KernelOptimizer(Optimizer):
                 "params must be an ordered collection (a list), not a set: a set's order changes "
                 "between runs, so a checkpoint would give state to the wrong tensors"
             )
+        for name, value in (("flat", flat), ("compiled", compiled)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        if flat and not self.elementwise:
+            raise UnsupportedOptionError(f"flat=True is not supported by {type(self).__name__}: its update "
+                                         "is not elementwise, so its params cannot share one buffer")
+        self.flat, self.compiled = flat, compiled
+        # group index -> (params with grads, [(their positions, buffers)] per device and dtype)
+        self._flat_groups: dict[int, tuple[int, list[tuple[list[int], FlatBuffers]]]] = {}
         super().__init__(params, defaults)
 
     # --- what subclasses provide -------------------------------------------------------------
@@ -108,7 +126,12 @@ class KernelOptimizer(Optimizer):
                 )
         self._check_group(options)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "flat": self.flat, "compiled": self.compiled}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.flat, self.compiled = state.pop("flat", False), state.pop("compiled", False)
+        self._flat_groups = {}
         defaults = state.get("defaults", getattr(self, "defaults", {}))
         takes_differentiable = "differentiable" in defaults
         super().__setstate__(state)
@@ -125,6 +148,19 @@ class KernelOptimizer(Optimizer):
                     # e.g. a checkpoint of the official AdaBelief, which counts with an int
                     param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_scalar_dtype())
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._flat_groups = {}  # the state is new tensors now; the next step packs them anew
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch.optim's, except that with ``flat=True`` the flat gradient buffers are zeroed
+        and kept (as ``set_to_none=False`` does), so the next backward accumulates into them."""
+        super().zero_grad(set_to_none)
+        for _, runs in self._flat_groups.values():
+            for _, buffers in runs:
+                buffers.grad_buffer.zero_()
+                buffers.attach_grads()
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -133,8 +169,13 @@ class KernelOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # Check every group before touching any tensor, so an error changes nothing.
-        batches = [self._collect(group) for group in self.param_groups]
-        for group, (params, grads, state, created, kernel_made) in zip(self.param_groups, batches):
+        batches = [self._flat_batch(index, group) or self._collect(group)
+                   for index, group in enumerate(self.param_groups)]
+        for index, (group, batch) in enumerate(zip(self.param_groups, batches)):
+            if isinstance(batch[0], FlatBuffers):
+                self._step_flat(group, batch)
+                continue
+            params, grads, state, created, kernel_made = batch
             if not params:
                 continue
             for param, new_state in created:
@@ -142,13 +183,89 @@ class KernelOptimizer(Optimizer):
             step = state.pop("step", None)
             if step is not None:
                 torch._foreach_add_(step, 1)
-            if group.get("maximize", False):
-                grads = torch._foreach_neg(grads)
-            self._update(group, params, grads, state, step)
+            self._update_in_chunks(group, params, grads, state, step, kernel_made)
             for name in kernel_made:  # state the kernel created in place of None (SGD's buffers)
                 for param, tensor in zip(params, state[name]):
                     self.state[param][name] = tensor
+            if self.flat:
+                self._flatten(index, group, params, grads)
         return loss
+
+    def _update_in_chunks(self, group, params, grads, state, step, kernel_made=()) -> None:
+        """``_update`` on runs of params small enough that its temporaries (the negated grads of
+        ``maximize``, coupled weight decay's grads, the kernel's own) stay within the budget."""
+        names = tuple(state)
+        lists = [params, grads, step, *state.values()]
+        scalar = [2] + [3 + names.index(name) for name in self.scalar_state_names if name in names]
+        if kernel_made or not self.elementwise:  # the kernel fills lists we pass (SGD's first step)
+            runs = [lists]
+        else:
+            runs = chunks(lists, _math.TEMPORARY_BYTES // 4, shared=scalar)
+        runs = list(runs)
+        before: dict[int, Tensor] = {}
+        for params_, grads_, step_, *state_ in runs:
+            if len(runs) > 1:  # a param cut in slices: each slice starts from the 0-d state it had
+                self._restore(before, [state_[i - 3] for i in scalar[1:]])
+            if group.get("maximize", False):
+                grads_ = torch._foreach_neg(grads_)
+            self._update(group, params_, grads_, dict(zip(names, state_)), step_)
+
+    @staticmethod
+    def _restore(before: dict[int, Tensor], scalar_lists: list[list[Tensor]]) -> None:
+        for tensors in scalar_lists:
+            for tensor in tensors:
+                if id(tensor) in before:
+                    tensor.copy_(before[id(tensor)])
+                else:
+                    before[id(tensor)] = tensor.clone()
+
+    # --- flat storage --------------------------------------------------------------------------
+    def _flat_batch(self, index: int, group: dict[str, Any]):
+        """``(buffers...)`` when every param with a grad is in this group's flat buffers, else None."""
+        count, runs = self._flat_groups.get(index, (0, []))
+        if not runs:
+            return None
+        self._check_group(group)
+        self._check_grads(group)
+        with_grads = [param for param in group["params"] if param.grad is not None]
+        if len(with_grads) != count:
+            return None
+        for positions, buffers in runs:
+            if not buffers.holds([with_grads[i] for i in positions]) or not buffers.grads_gatherable():
+                return None
+        return tuple(buffers for _, buffers in runs)
+
+    def _step_flat(self, group: dict[str, Any], flat_buffers: tuple[FlatBuffers, ...]) -> None:
+        for buffers in flat_buffers:
+            buffers.gather_grads()
+            if "step" in buffers.state:
+                buffers.state["step"].add_(1)
+            params, grads, state = buffers.lists()
+            self._update_in_chunks(group, params, grads, state, state.pop("step", None))
+            buffers.advance()
+
+    def _flatten(self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """After a step on lists: pack the group into flat buffers, where all of it can be."""
+        self._flat_groups.pop(index, None)
+        if not all(flattenable(param, grad) for param, grad in zip(params, grads)):
+            return
+        names = self._state_names(group)
+        if self.counts_steps:
+            names = ("step",) + names
+        runs: dict[tuple, list[int]] = {}
+        for position, param in enumerate(params):
+            runs.setdefault((param.device, param.dtype), []).append(position)
+        packed = []
+        for positions in runs.values():
+            
+            run_params = [params[i] for i in positions]
+            param_states = [self.state[param] for param in run_params]
+            state = {name: [param_state[name] for param_state in param_states] for name in names}
+            if not FlatBuffers.uniform(state, self.scalar_state_names):
+                return
+            packed.append((positions, (run_params, [grads[i] for i in positions], state, param_states)))
+        self._flat_groups[index] = (len(params), [(positions, FlatBuffers(*args, self.scalar_state_names))
+                                                  for positions, args in packed])
 
     def _collect(self, group: dict[str, Any]):
         self._check_group(group)
