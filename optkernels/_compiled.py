@@ -18,14 +18,18 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch._prims_common import is_non_overlapping_and_dense_or_false
 
 Rule = Callable[..., None]
 
 
 @functools.cache
 def compiled(rule: Rule) -> Rule:
-    """``rule`` compiled with dynamic shapes; dynamo keeps one graph per dtype, device and branch."""
-    return torch.compile(rule, dynamic=True, fullgraph=True)
+    """``rule`` compiled with dynamic shapes; dynamo keeps one graph per dtype, device and branch.
+
+    ``cpp.dynamic_threads``: a CPU loop is parallel whatever size the graph was first compiled
+    for (inductor otherwise keeps a graph traced on a small tensor serial for every size)."""
+    return torch.compile(rule, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True})
 
 
 def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], **scalars: float | bool | None) -> None:
@@ -41,7 +45,18 @@ def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], **
     columns = [lst if lst is not None else [None] * count for lst in tensor_lists]
     step = _runner(rule)
     for tensors in zip(*columns):
-        step(*tensors, **scalar_tensors)
+        step(*_flattened(tensors), **scalar_tensors)
+
+
+def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
+    """Fresh 1-D views in memory order where the tensors share one dense layout, their length
+    marked unbacked: then every rank, layout and size (0 and 1 included, which dynamo would
+    otherwise specialise) is one graph. Other tensors pass as they are."""
+    first = tensors[0]
+    if not is_non_overlapping_and_dense_or_false(first) or any(
+            t is not None and (t.shape != first.shape or t.stride() != first.stride()) for t in tensors):
+        return tensors
+    return tuple(None if t is None else t.as_strided((t.numel(),), (1,), t.storage_offset()) for t in tensors)
 
 
 def _runner(rule: Rule) -> Rule:
@@ -55,7 +70,8 @@ def _runner(rule: Rule) -> Rule:
 
     def call(*args, **kwargs):
         try:
-            return fast(*args, **kwargs)
+            with _GRAPHS_PER_RULE, _SIZE_OBLIVIOUS:
+                return fast(*args, **kwargs)
         except (BackendCompilerFailed, InductorError) as error:
             # raised while compiling, before any tensor is written
             return _fall_back(rule, error)(*args, **kwargs)
@@ -63,6 +79,10 @@ def _runner(rule: Rule) -> Rule:
 
 
 _EAGER: set[Rule] = set()
+# A rule keeps one graph per dtype, device and branch: more than dynamo's default of 8 per
+# function, all of them legitimate.
+_GRAPHS_PER_RULE = torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096)
+_SIZE_OBLIVIOUS = torch.fx.experimental._config.patch(backed_size_oblivious=True)
 
 
 def _fall_back(rule: Rule, error: Exception) -> Rule:
