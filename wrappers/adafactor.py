@@ -19,6 +19,8 @@ class Adafactor(KernelOptimizer):
     2 or more dims, ``variance`` for a 0-d or 1-d one.
     """
 
+    elementwise = False  # row and column factors: a param's update reads its whole matrix
+
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
                  foreach=None, maximize=False):
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,

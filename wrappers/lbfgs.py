@@ -30,6 +30,7 @@ class LBFGS(KernelOptimizer):
     """
 
     counts_steps = False
+    elementwise = False  # dot products over all params
 
     def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9,
                  history_size=100, line_search_fn=None):

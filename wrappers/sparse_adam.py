@@ -18,6 +18,7 @@ class SparseAdam(KernelOptimizer):
     """
 
     state_names = ("exp_avg", "exp_avg_sq")
+    elementwise = False  # sparse grads: neither flat buffers nor slices
     counts_steps = False  # torch keeps `step` as an int, not a tensor: counted in `_update`
     takes_sparse_grads = True
 
