@@ -1,0 +1,109 @@
+"""What the fast modes promise beyond equal numbers (tests/wrappers/test_parity.py checks those):
+the compiled rules never recompile as an lr schedule moves, and a step's temporaries stay within
+the budget, measured with the profiler's allocation events."""
+
+import inspect
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+from torch.optim import lr_scheduler
+
+import optkernels
+import optkernels._math
+import wrappers
+from benchmarks.measure import peak_extra_bytes
+from tests.configs import API_KWARGS, GENERIC_WRAPPERS
+
+ELEMENTWISE = [name for name in GENERIC_WRAPPERS if getattr(wrappers, name).elementwise]
+CPU = torch.device("cpu")
+MiB = 2**20
+
+
+def _options(name: str, **extra) -> dict:
+    """API_KWARGS plus maximize and weight decay where the wrapper takes them: the options that
+    add temporaries of their own (the negated grads, coupled decay's grads)."""
+    parameters = inspect.signature(getattr(wrappers, name)).parameters
+    options = dict(API_KWARGS[name], **extra)
+    for option, value in (("maximize", True), ("weight_decay", 0.1)):
+        if option in parameters:
+            options[option] = value
+    return options
+
+
+def _params(sizes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(size, generator=generator)) for size in sizes]
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator)
+    return params
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "lists"])
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_compiled_rules_never_recompile_over_a_cosine_schedule(name, flat):
+    params = _params([(30, 20), (20,), (), (7, 3)])
+    optimizer = getattr(wrappers, name)(params, **_options(name), flat=flat, compiled=True)
+    schedule = lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)
+    # the first steps compile; RAdam and AdaBelief take their rectified branch from step 6
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+    graphs = _graphs()
+    lrs = set()
+    for _ in range(90):
+        optimizer.step()
+        schedule.step()
+        lrs.add(optimizer.param_groups[0]["lr"])
+    assert len(lrs) == 90
+    assert _graphs() == graphs, f"{_graphs() - graphs} graphs compiled after step 10"
+
+
+def test_adam_compiles_once_whatever_the_shapes_and_hyperparameters():
+    before = _graphs()
+    optimizer = wrappers.Adam(_params([(30, 20), (20,), (), (7, 3)]), lr=1e-3, flat=True, compiled=True)
+    optimizer.step()
+    after_first = _graphs()
+    optimizer.add_param_group({"params": _params([(1,), (1000,)], seed=1), "lr": 0.5, "betas": (0.5, 0.6),
+                               "eps": 1e-3})
+    for step in range(20):
+        optimizer.param_groups[0]["lr"] = 1e-3 / (step + 1)
+        optimizer.step()
+    assert after_first - before <= 1  # none when another test compiled this branch already
+    assert _graphs() == after_first
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_list_path_temporaries_stay_within_the_budget(name, monkeypatch):
+    budget = MiB
+    monkeypatch.setattr(optkernels._math, "TEMPORARY_BYTES", budget)
+    # 2 MiB of small params, and two of 1 and 4 MiB that must be cut into slices
+    params = _params([(64, 64)] * 32 + [(2**18,), (1024, 1024)])
+    optimizer = getattr(wrappers, name)(params, **_options(name))
+    optimizer.step()  # creates the state: allocations that stay
+    assert peak_extra_bytes(optimizer.step, CPU) <= budget
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_flat_compiled_step_allocates_next_to_nothing(name):
+    params = _params([(256, 256)] * 8)
+    optimizer = getattr(wrappers, name)(params, **API_KWARGS[name], flat=True, compiled=True)
+    for _ in range(2):
+        optimizer.step()  # state, then the flat buffers
+    # a few 0-d scalars per call; nothing the size of a param
+    assert peak_extra_bytes(optimizer.step, CPU) < 64 * 1024
+
+
+def test_kernels_chunk_their_own_temporaries(monkeypatch):
+    budget = MiB
+    monkeypatch.setattr(optkernels._math, "TEMPORARY_BYTES", budget)
+    params = _params([(2**20,), (3, 2**16)])
+    grads = [param.grad for param in params]
+    state = [[torch.zeros_like(param) for param in params] for _ in range(2)]
+    with torch.no_grad():
+        peak = peak_extra_bytes(lambda: optkernels.adam_update(params, grads, *state, step=1, lr=0.1), CPU)
+    assert peak <= budget
