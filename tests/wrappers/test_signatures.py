@@ -1,5 +1,6 @@
 """Every wrapper is called as its torch.optim namesake is: the same parameter names, order, kinds
-(positional or keyword-only) and defaults; AdaBelief as DESIGN.md gives it."""
+(positional or keyword-only) and defaults; AdaBelief as DESIGN.md gives it. The elementwise ones
+add our two keyword-only switches after torch's, both off by default."""
 
 import inspect
 
@@ -10,6 +11,9 @@ import wrappers
 from tests.configs import OURS
 
 
+OUR_SWITCHES = [("flat", inspect.Parameter.KEYWORD_ONLY, False), ("compiled", inspect.Parameter.KEYWORD_ONLY, False)]
+
+
 def _parameters(cls):
     """Names, kinds and defaults; annotations aside (torch's are types, ours are not written)."""
     return [(p.name, p.kind, p.default) for p in inspect.signature(cls).parameters.values()]
@@ -17,7 +21,9 @@ def _parameters(cls):
 
 @pytest.mark.parametrize("reference", list(OURS), ids=lambda cls: cls.__name__)
 def test_signature_is_torchs(reference):
-    assert _parameters(OURS[reference]) == _parameters(reference)
+    ours = OURS[reference]
+    switches = OUR_SWITCHES if ours.elementwise else []
+    assert _parameters(ours) == _parameters(reference) + switches
 
 
 def test_every_torch_optimizer_has_a_wrapper():
@@ -30,7 +36,7 @@ def test_every_torch_optimizer_has_a_wrapper():
 def test_adabelief_signature_is_the_designs():
     def adabelief(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0, amsgrad=False, *,
                   decoupled_weight_decay=True, fixed_decay=False, rectify=True, degenerated_to_sgd=True,
-                  maximize=False):
+                  maximize=False, flat=False, compiled=False):
         pass
 
     assert _parameters(wrappers.AdaBelief) == _parameters(adabelief)
