@@ -23,15 +23,6 @@ from torch._prims_common import is_non_overlapping_and_dense_or_false
 Rule = Callable[..., None]
 
 
-@functools.cache
-def compiled(rule: Rule) -> Rule:
-    """``rule`` compiled with dynamic shapes; dynamo keeps one graph per dtype, device and branch.
-
-    ``cpp.dynamic_threads``: a CPU loop is parallel whatever size the graph was first compiled
-    for (inductor otherwise keeps a graph traced on a small tensor serial for every size)."""
-    return torch.compile(rule, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True})
-
-
 def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], **scalars: float | bool | None) -> None:
     """``rule(*tensors, **scalars)`` for each position of the parallel lists, compiled.
 
@@ -49,9 +40,9 @@ def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], **
 
 
 def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
-    """Fresh 1-D views in memory order where the tensors share one dense layout, their length
-    marked unbacked: then every rank, layout and size (0 and 1 included, which dynamo would
-    otherwise specialise) is one graph. Other tensors pass as they are."""
+    """1-D views in memory order where the tensors share one dense layout: with sizes treated
+    obliviously (no specialisation on 0 and 1) every rank, layout and size is then one graph.
+    Other tensors pass as they are."""
     first = tensors[0]
     if not is_non_overlapping_and_dense_or_false(first) or any(
             t is not None and (t.shape != first.shape or t.stride() != first.stride()) for t in tensors):
@@ -59,16 +50,20 @@ def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
     return tuple(None if t is None else t.as_strided((t.numel(),), (1,), t.storage_offset()) for t in tensors)
 
 
+@functools.cache
 def _runner(rule: Rule) -> Rule:
-    if rule in _EAGER:
-        return rule
+    """``rule`` compiled with dynamic shapes, once per rule; dynamo keeps a graph per dtype,
+    device and branch. ``cpp.dynamic_threads``: a CPU loop is parallel whatever size the graph was
+    first compiled for (inductor otherwise keeps a graph traced on a small tensor serial)."""
     if not torch._dynamo.is_dynamo_supported():
         return _fall_back(rule, RuntimeError("torch.compile is not supported on this Python or platform"))
-    fast = compiled(rule)
+    fast = torch.compile(rule, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True})
     from torch._dynamo.exc import BackendCompilerFailed  # imported here: inductor is slow to import
     from torch._inductor.exc import InductorError
 
     def call(*args, **kwargs):
+        if rule in _EAGER:
+            return rule(*args, **kwargs)
         try:
             with _GRAPHS_PER_RULE, _SIZE_OBLIVIOUS:
                 return fast(*args, **kwargs)
@@ -80,7 +75,7 @@ def _runner(rule: Rule) -> Rule:
 
 _EAGER: set[Rule] = set()
 # A rule keeps one graph per dtype, device and branch: more than dynamo's default of 8 per
-# function, all of them legitimate.
+# function, all of them legitimate. Sizes are symbolic without guards on 0 and 1.
 _GRAPHS_PER_RULE = torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096)
 _SIZE_OBLIVIOUS = torch.fx.experimental._config.patch(backed_size_oblivious=True)
 

@@ -8,7 +8,9 @@ state entries are views too, so ``state_dict()`` holds per-param tensors under t
 the list path still works on them whenever the flat one cannot run.
 """
 
+import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -108,3 +110,30 @@ def _pack(tensors: Sequence[Tensor], like: Sequence[Tensor]) -> tuple[Tensor, li
         offset += layout.numel()
     torch._foreach_copy_(views, list(tensors))
     return buffer, views
+
+
+@dataclass
+class FlatGroup:
+    """A param group's buffers, one per device and dtype, each with its params' positions among
+    the group's params that have grads; and how the group looked when packed."""
+
+    runs: list[tuple[list[int], FlatBuffers]]
+    count: int  # params with grads
+    grads: list[Tensor | None]  # per group param: its grad view, None if not packed
+    data_ptrs: list[int]
+
+    @classmethod
+    def pack(cls, group_params: list[Tensor], runs: list[tuple[list[int], FlatBuffers]]) -> "FlatGroup":
+        views = {id(param): view for _, buffers in runs for param, view in zip(buffers.params, buffers.grad_views)}
+        return cls(runs, sum(len(positions) for positions, _ in runs),
+                   [views.get(id(param)) for param in group_params], [param.data_ptr() for param in group_params])
+
+    def untouched(self, group_params: list[Tensor]) -> bool:
+        """Every grad is still our view (or None where not packed), every param its storage: the
+        common case, checked in two passes without per-param Python calls."""
+        return (len(group_params) == len(self.grads)
+                and all(map(operator.is_, [param.grad for param in group_params], self.grads))
+                and list(map(Tensor.data_ptr, group_params)) == self.data_ptrs)
+
+    def buffers(self) -> list[FlatBuffers]:
+        return [buffers for _, buffers in self.runs]

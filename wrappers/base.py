@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._flat import FlatBuffers, flattenable
+from ._flat import FlatBuffers, FlatGroup, flattenable
 
 from optkernels import _math
 from optkernels._math import chunks
@@ -82,8 +82,7 @@ class KernelOptimizer(Optimizer):
             raise UnsupportedOptionError(f"flat=True is not supported by {type(self).__name__}: its update "
                                          "is not elementwise, so its params cannot share one buffer")
         self.flat, self.compiled = flat, compiled
-        # group index -> (params with grads, [(their positions, buffers)] per device and dtype)
-        self._flat_groups: dict[int, tuple[int, list[tuple[list[int], FlatBuffers]]]] = {}
+        self._flat_groups: dict[int, FlatGroup] = {}  # by group index
         super().__init__(params, defaults)
 
     # --- what subclasses provide -------------------------------------------------------------
@@ -156,8 +155,8 @@ class KernelOptimizer(Optimizer):
         """As torch.optim's, except that with ``flat=True`` the flat gradient buffers are zeroed
         and kept (as ``set_to_none=False`` does), so the next backward accumulates into them."""
         super().zero_grad(set_to_none)
-        for _, runs in self._flat_groups.values():
-            for _, buffers in runs:
+        for flat_group in self._flat_groups.values():
+            for buffers in flat_group.buffers():
                 buffers.grad_buffer.zero_()
                 buffers.attach_grads()
 
@@ -222,18 +221,20 @@ class KernelOptimizer(Optimizer):
     # --- flat storage --------------------------------------------------------------------------
     def _flat_batch(self, index: int, group: dict[str, Any]):
         """``(buffers...)`` when every param with a grad is in this group's flat buffers, else None."""
-        count, runs = self._flat_groups.get(index, (0, []))
-        if not runs:
+        flat_group = self._flat_groups.get(index)
+        if flat_group is None:
             return None
         self._check_group(group)
         self._check_grads(group)
+        if flat_group.untouched(group["params"]):
+            return tuple(flat_group.buffers())
         with_grads = [param for param in group["params"] if param.grad is not None]
-        if len(with_grads) != count:
+        if len(with_grads) != flat_group.count:
             return None
-        for positions, buffers in runs:
+        for positions, buffers in flat_group.runs:
             if not buffers.holds([with_grads[i] for i in positions]) or not buffers.grads_gatherable():
                 return None
-        return tuple(buffers for _, buffers in runs)
+        return tuple(flat_group.buffers())
 
     def _step_flat(self, group: dict[str, Any], flat_buffers: tuple[FlatBuffers, ...]) -> None:
         for buffers in flat_buffers:
@@ -264,8 +265,8 @@ class KernelOptimizer(Optimizer):
             if not FlatBuffers.uniform(state, self.scalar_state_names):
                 return
             packed.append((positions, (run_params, [grads[i] for i in positions], state, param_states)))
-        self._flat_groups[index] = (len(params), [(positions, FlatBuffers(*args, self.scalar_state_names))
-                                                  for positions, args in packed])
+        self._flat_groups[index] = FlatGroup.pack(group["params"], [
+            (positions, FlatBuffers(*args, self.scalar_state_names)) for positions, args in packed])
 
     def _collect(self, group: dict[str, Any]):
         self._check_group(group)

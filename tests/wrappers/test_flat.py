@@ -57,7 +57,7 @@ def _assert_same(ours_model, ours, torch_model, reference):
 
 
 def _flat_buffers(optimizer):
-    return [buffers for _, runs in optimizer._flat_groups.values() for _, buffers in runs]
+    return [buffers for flat_group in optimizer._flat_groups.values() for buffers in flat_group.buffers()]
 
 
 def test_params_grads_and_state_become_views_of_one_buffer_each():
