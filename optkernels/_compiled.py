@@ -40,14 +40,22 @@ def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], **
 
 
 def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
-    """1-D views in memory order where the tensors share one dense layout: with sizes treated
-    obliviously (no specialisation on 0 and 1) every rank, layout and size is then one graph.
-    Other tensors pass as they are."""
-    first = tensors[0]
-    if not is_non_overlapping_and_dense_or_false(first) or any(
-            t is not None and (t.shape != first.shape or t.stride() != first.stride()) for t in tensors):
-        return tensors
-    return tuple(None if t is None else t.as_strided((t.numel(),), (1,), t.storage_offset()) for t in tensors)
+    """Plain tensors (no Parameter, no requires_grad: dynamo guards on both), as 1-D views in
+    memory order where they share the param's dense layout: with sizes treated obliviously (no
+    specialisation on 0 and 1) every rank, layout and size is then one graph. A grad laid out
+    unlike its param (contiguous, of a transposed param) is copied into the param's layout; the
+    rule only reads it. Where any other tensor differs, all pass as they are."""
+    param, grad, *state = (None if t is None else t.detach() for t in tensors)
+    plain = (param, grad, *state)
+    if not is_non_overlapping_and_dense_or_false(param):
+        return plain
+    strides = param.stride()
+    if any(t is not None and t.stride() != strides for t in state):
+        return plain
+    if grad.stride() != strides:
+        grad = torch.empty_like(param).copy_(grad)
+    return tuple(None if t is None else t.as_strided((t.numel(),), (1,), t.storage_offset())
+                 for t in (param, grad, *state))
 
 
 @functools.cache
@@ -76,7 +84,7 @@ def _runner(rule: Rule) -> Rule:
 _EAGER: set[Rule] = set()
 # A rule keeps one graph per dtype, device and branch: more than dynamo's default of 8 per
 # function, all of them legitimate. Sizes are symbolic without guards on 0 and 1.
-_GRAPHS_PER_RULE = torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=4096)
+_GRAPHS_PER_RULE = torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096)
 _SIZE_OBLIVIOUS = torch.fx.experimental._config.patch(backed_size_oblivious=True)
 
 

@@ -49,7 +49,7 @@ _ROUNDS_SCALARS = (torch.bfloat16, torch.float16)
 
 def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
             steps: Sequence[float] | None = None, *,
-            temporaries: int = 1) -> Iterator[tuple[TensorLists, float | None]]:
+            temporaries: int = 1, slices: bool = True) -> Iterator[tuple[TensorLists, float | None]]:
     """Split parallel tensor lists into groups of one device, dtype and step count, in chunks.
 
     Yields ``(lists, step)`` with ``lists`` in the order given (``None`` stays ``None``) and
@@ -59,8 +59,10 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
     The usual case (one device, one dtype, one step, a small model) yields the lists themselves.
 
     ``temporaries`` is how many param-sized tensor lists the caller allocates per group at most:
-    each yielded group's params hold at most ``TEMPORARY_BYTES / temporaries`` bytes, so the
-    caller's temporaries stay within :data:`TEMPORARY_BYTES` (see :func:`chunks`).
+    each yielded group's params hold at most ``TEMPORARY_BYTES / (2 * temporaries)`` bytes, so
+    the caller's temporaries stay within :data:`TEMPORARY_BYTES` (see :func:`chunks`): half of it,
+    because a loop body's temporaries live on until the next group's replace them. ``slices=False``
+    keeps every tensor whole, for updates that are not elementwise (Adafactor's norms, Muon).
     """
     present = [i for i, lst in enumerate(tensor_lists) if lst is not None]
     params = tensor_lists[0]
@@ -71,30 +73,33 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
         full: TensorLists = [None] * len(tensor_lists)
         for position, sublist in zip(present, sublists):
             full[position] = _as_real(sublist) if dtype.is_complex else sublist
-        limit = TEMPORARY_BYTES // temporaries
+        limit = TEMPORARY_BYTES // (2 * temporaries)
+        shared = () if slices else None
         if steps is None:
-            yield from ((lists, None) for lists in chunks(full, limit))
+            yield from ((lists, None) for lists in chunks(full, limit, shared=shared))
             continue
         by_step: dict[float, list[int]] = {}
         for position, index in enumerate(indices):
             by_step.setdefault(steps[index], []).append(position)
         if len(by_step) == 1:
-            yield from ((lists, steps[indices[0]]) for lists in chunks(full, limit))
+            yield from ((lists, steps[indices[0]]) for lists in chunks(full, limit, shared=shared))
             continue
         for value, positions in by_step.items():
             sublists = [None if lst is None else [lst[p] for p in positions] for lst in full]
-            yield from ((lists, value) for lists in chunks(sublists, limit))
+            yield from ((lists, value) for lists in chunks(sublists, limit, shared=shared))
 
 
-def chunks(tensor_lists: TensorLists, limit_bytes: int, *, shared: Sequence[int] = ()) -> Iterator[TensorLists]:
+def chunks(tensor_lists: TensorLists, limit_bytes: int, *,
+           shared: Sequence[int] | None = ()) -> Iterator[TensorLists]:
     """Split parallel lists into runs whose params (the first list) hold at most ``limit_bytes``.
 
     A param larger than the limit is cut into contiguous 1-D slices of the limit, one run each,
     where every list holds a contiguous tensor of its shape at that place, or is a list whose
     index is in ``shared`` (step counts, 0-d state): those entries are repeated for each slice.
     Any other param too large to cut (non-contiguous, or beside a 0-d state tensor not marked
-    shared, which a kernel would update once per slice) is a run of its own. Slices are views,
-    so in-place updates of them update the tensors. Lists that fit yield themselves, uncopied.
+    shared, which a kernel would update once per slice) is a run of its own, as is every param
+    with ``shared=None``. Slices are views, so in-place updates of them update the tensors. Lists
+    that fit yield themselves, uncopied.
     """
     params = tensor_lists[0]
     sizes = [param.numel() * param.element_size() for param in params]
@@ -121,9 +126,12 @@ def _run(tensor_lists: TensorLists, start: int, stop: int) -> TensorLists:
     return [None if lst is None else lst[start:stop] for lst in tensor_lists]
 
 
-def _can_slice(tensor_lists: TensorLists, index: int, shared: Sequence[int]) -> bool:
+def _can_slice(tensor_lists: TensorLists, index: int, shared: Sequence[int] | None) -> bool:
+    if shared is None:
+        return False
     shape = tensor_lists[0][index].shape
-    return all(position in shared or (lst[index].shape == shape and lst[index].is_contiguous())
+    return all(position in shared or (lst[index] is not None and lst[index].shape == shape
+                                      and lst[index].is_contiguous())
                for position, lst in enumerate(tensor_lists) if lst is not None)
 
 

@@ -5,6 +5,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import bias_correction, grouped, scale_, sma_length
 from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, optional_list, step_values
 
@@ -23,6 +24,7 @@ def adabelief_update(
     eps: float = 1e-16,
     rectify: bool = True,
     degenerated_to_sgd: bool = True,
+    compiled: bool = False,
 ) -> None:
     r"""AdaBelief step, in place, on lists of tensors; AMSGrad when ``max_exp_avg_vars`` is given.
 
@@ -59,7 +61,9 @@ def adabelief_update(
     computed in fp16, where the default ``eps=1e-16`` rounds to 0, so a zero gradient gives
     0/0; use bf16 or fp32 params, or keep fp32 master weights.
 
-    Mutates params, exp_avgs, exp_avg_vars (and max_exp_avg_vars). Never grads.
+    Mutates params, exp_avgs, exp_avg_vars (and max_exp_avg_vars). Never grads. With
+    ``compiled=True`` it runs :func:`adabelief_rule` per tensor, compiled (see
+    ``optkernels._compiled``): one pass over memory, equal to the foreach path to rounding.
 
     Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients", NeurIPS 2020; https://github.com/juntang-zhuang/Adabelief-Optimizer.
@@ -73,6 +77,15 @@ def adabelief_update(
     for (params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_), t in grouped(
         [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps
     ):
+        if compiled:
+            adaptive, step_size = True, lr / bias_correction(beta1, t)
+            if rectify:
+                factor, adaptive = _rectification(t, beta1, beta2)
+                step_size = factor * lr if adaptive or degenerated_to_sgd else None
+            run_compiled(adabelief_rule, [params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_],
+                         beta1=beta1, beta2=beta2, eps=eps, rectify=rectify, adaptive=adaptive, step_size=step_size,
+                         bias_correction2_sqrt=math.sqrt(bias_correction(beta2, t)))
+            continue
         scale_(exp_avgs_, beta1)                                             # m_t
         torch._foreach_add_(exp_avgs_, grads_, alpha=1 - beta1)
         residuals = torch._foreach_sub(grads_, exp_avgs_)                   # g_t - m_t
@@ -92,15 +105,45 @@ def adabelief_update(
             torch._foreach_addcdiv_(params_, exp_avgs_, denoms, -(lr / bias_correction(beta1, t)))
 
 
-def _rectified_step(params, exp_avgs, exp_avg_vars, t, lr, beta1, beta2, eps, degenerated_to_sgd):
+def _rectification(t, beta1, beta2) -> tuple[float, bool]:
+    """The rectified step size over lr, and whether the step divides by :math:`\\sqrt{s_t}+\\epsilon`
+    (:math:`\\rho_t \\ge 5`; else it is an SGD-with-momentum step)."""
     rho_t, rho_inf = sma_length(beta2, t)
     if rho_t >= 5:
         # the official expression, term for term, so the float rounding matches
-        step_size = math.sqrt(
+        return math.sqrt(
             bias_correction(beta2, t) * (rho_t - 4) / (rho_inf - 4) * (rho_t - 2) / rho_t * rho_inf / (rho_inf - 2)
-        ) / bias_correction(beta1, t)
+        ) / bias_correction(beta1, t), True
+    return 1.0 / bias_correction(beta1, t), False
+
+
+def _rectified_step(params, exp_avgs, exp_avg_vars, t, lr, beta1, beta2, eps, degenerated_to_sgd):
+    factor, adaptive = _rectification(t, beta1, beta2)
+    if adaptive:
         denoms = torch._foreach_sqrt(exp_avg_vars)
         torch._foreach_add_(denoms, eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denoms, -step_size * lr)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, -factor * lr)
     elif degenerated_to_sgd:
-        torch._foreach_add_(params, exp_avgs, alpha=-(1.0 / bias_correction(beta1, t)) * lr)
+        torch._foreach_add_(params, exp_avgs, alpha=-factor * lr)
+
+
+def adabelief_rule(param, grad, exp_avg, exp_avg_var, max_exp_avg_var, *, beta1, beta2, eps, rectify, adaptive,
+                   step_size, bias_correction2_sqrt) -> None:
+    """:func:`adabelief_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors.
+    ``step_size`` is :math:`\\alpha/(1-\\beta_1^t)`, times the rectification term when ``rectify``;
+    ``adaptive=False`` is rectification's early SGD step and ``step_size=None`` its no-update step
+    (both decided outside)."""
+    exp_avg.mul_(beta1).add_(grad * (1 - beta1))
+    residual = grad - exp_avg
+    exp_avg_var.mul_(beta2).addcmul_(residual, residual * (1 - beta2)).add_(eps)
+    if max_exp_avg_var is not None:
+        max_exp_avg_var.copy_(torch.maximum(max_exp_avg_var, exp_avg_var))
+    if step_size is None:
+        return
+    if not adaptive:
+        param.sub_(exp_avg * step_size)
+    elif rectify:  # the official code: s_t (never the AMSGrad maximum), sqrt(1-beta2^t) in the step size
+        param.sub_(exp_avg / (exp_avg_var.sqrt() + eps) * step_size)
+    else:
+        second_moment = exp_avg_var if max_exp_avg_var is None else max_exp_avg_var
+        param.sub_(exp_avg / (second_moment.sqrt() / bias_correction2_sqrt + eps) * step_size)

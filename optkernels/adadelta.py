@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import grouped, scale_
 from ._validation import as_float, check_eps, check_lr, check_tensor_lists
 
@@ -16,6 +17,7 @@ def adadelta_update(
     lr: float | Tensor,
     rho: float = 0.9,
     eps: float = 1e-6,
+    compiled: bool = False,
 ) -> None:
     r"""Adadelta step, in place, on lists of tensors.
 
@@ -31,6 +33,8 @@ def adadelta_update(
         params, grads, square_avgs, acc_deltas: parallel lists of tensors.
         lr, rho, eps: as in ``torch.optim.Adadelta`` (whose ``lr`` default is 1.0); ``lr`` may
             be a 1-element tensor; ``rho`` lies in [0, 1].
+        compiled: run :func:`adadelta_rule` per tensor, compiled (see ``optkernels._compiled``):
+            one pass over memory, equal to the foreach path to rounding.
 
     The rule does not depend on the step count, so there is no ``step`` argument.
     Mutates params, square_avgs and acc_deltas. Never grads. Weight decay is composed in
@@ -53,7 +57,11 @@ def adadelta_update(
     """
     check_tensor_lists(params=params, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas)
     lr, eps, rho = check_lr(lr), check_eps(eps), check_rho(rho)
-    for (params_, grads_, square_avgs_, acc_deltas_), _ in grouped([params, grads, square_avgs, acc_deltas]):
+    for (params_, grads_, square_avgs_, acc_deltas_), _ in grouped([params, grads, square_avgs, acc_deltas],
+                                                                   temporaries=2):  # stds, deltas
+        if compiled:
+            run_compiled(adadelta_rule, [params_, grads_, square_avgs_, acc_deltas_], lr=lr, rho=rho, eps=eps)
+            continue
         scale_(square_avgs_, rho)                                            # v_t
         torch._foreach_addcmul_(square_avgs_, grads_, grads_, value=1 - rho)
         stds = torch._foreach_add(square_avgs_, eps)
@@ -73,3 +81,12 @@ def check_rho(rho) -> float:
     if not 0.0 <= number <= 1.0:  # also false for NaN
         raise ValueError(f"Invalid rho value: {rho} (rho must be in [0, 1])")
     return number
+
+
+def adadelta_rule(param, grad, square_avg, acc_delta, *, lr, rho, eps) -> None:
+    """:func:`adadelta_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors."""
+    square_avg.mul_(rho).addcmul_(grad, grad * (1 - rho))
+    std = (square_avg + eps).sqrt()
+    delta = (acc_delta + eps).sqrt() / std * grad
+    acc_delta.mul_(rho).addcmul_(delta, delta * (1 - rho))
+    param.sub_(delta * lr)

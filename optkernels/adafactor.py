@@ -96,8 +96,9 @@ def adafactor_update(
         raise ValueError(f"d (the clipping threshold) must be >= 1, got {d}")
     weight_decay = check_nonnegative("weight_decay", weight_decay)
 
+    # whole tensors: a param's step size and clipping read its norm
     for (params_, grads_, row_vars_, col_vars_, variances_), t in grouped(
-        [params, grads, row_vars, col_vars, variances], steps
+        [params, grads, row_vars, col_vars, variances], steps, slices=False
     ):
         kept = [i for i, param in enumerate(params_) if param.numel() > 0]
         params_, grads_, row_vars_, col_vars_, variances_ = (

@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import grouped
 from ._validation import check_eps, check_lr, check_nonnegative, check_tensor_lists, step_values
 
@@ -16,6 +17,7 @@ def adagrad_update(
     lr: float | Tensor,
     lr_decay: float = 0.0,
     eps: float = 1e-10,
+    compiled: bool = False,
 ) -> None:
     r"""Adagrad step, in place, on lists of tensors; ``grads`` may be sparse (COO).
 
@@ -32,6 +34,8 @@ def adagrad_update(
         step: the step count *after* this update (1 on the first call): an int, or one int or
             0-d tensor per param. Only the lr decay uses it.
         lr, lr_decay, eps: as in ``torch.optim.Adagrad``; ``lr`` may be a 1-element tensor.
+        compiled: run :func:`adagrad_rule` per dense tensor, compiled (see ``optkernels._compiled``):
+            one pass over memory, equal to the foreach path to rounding. Sparse grads ignore it.
 
     Mutates params and state_sums. Never grads. Weight decay is composed in front:
     ``grads = weight_decay_l2(params, grads, ...)`` (dense grads only, as in torch). A sparse
@@ -72,6 +76,9 @@ def adagrad_update(
         dense_lists = [[tensors[i] for i in dense] for tensors in dense_lists]
         dense_steps = [steps[i] for i in dense]
     for (params_, grads_, state_sums_), t in grouped(dense_lists, dense_steps):
+        if compiled:
+            run_compiled(adagrad_rule, [params_, grads_, state_sums_], lr=_decayed_lr(lr, lr_decay, t), eps=eps)
+            continue
         torch._foreach_addcmul_(state_sums_, grads_, grads_, value=1)       # s_t
         stds = torch._foreach_sqrt(state_sums_)
         torch._foreach_add_(stds, eps)
@@ -98,3 +105,11 @@ def _sparse_update(param: Tensor, grad: Tensor, state_sum: Tensor, *, lr: float,
 def _like_sparse(grad: Tensor, values: Tensor) -> Tensor:
     # the indices come from a coalesced tensor: valid, so skip torch's checks (and their warning)
     return torch.sparse_coo_tensor(grad._indices(), values, grad.size(), check_invariants=False)
+
+
+def adagrad_rule(param, grad, state_sum, *, lr, eps) -> None:
+    """:func:`adagrad_update` on one dense tensor, the form ``compiled=True`` runs; scalars are 0-d
+    tensors, ``lr`` is the decayed :math:`\\tilde\\gamma_t`, computed outside."""
+    state_sum.addcmul_(grad, grad)
+    std = state_sum.sqrt() + eps
+    param.sub_(grad * lr / std)

@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import bias_correction, grouped, scale_
 from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
@@ -18,6 +19,7 @@ def adamax_update(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    compiled: bool = False,
 ) -> None:
     r"""Adamax step, in place, on lists of tensors.
 
@@ -32,6 +34,8 @@ def adamax_update(
         step: the step count *after* this update (1 on the first call): an int, or one int or
             0-d tensor per param.
         lr, beta1, beta2, eps: as in ``torch.optim.Adamax``; ``lr`` may be a 1-element tensor.
+        compiled: run :func:`adamax_rule` per tensor, compiled (see ``optkernels._compiled``):
+            one pass over memory, equal to the foreach path to rounding.
 
     Mutates params, exp_avgs and exp_infs. Never grads. Weight decay is composed in front:
     ``grads = weight_decay_l2(params, grads, ...)``. :math:`\epsilon` sits inside the maximum,
@@ -56,9 +60,21 @@ def adamax_update(
     lr, eps = check_lr(lr), check_eps(eps)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     for (params_, grads_, exp_avgs_, exp_infs_), t in grouped([params, grads, exp_avgs, exp_infs], steps):
+        if compiled:
+            run_compiled(adamax_rule, [params_, grads_, exp_avgs_, exp_infs_], beta1=beta1, beta2=beta2, eps=eps,
+                         step_size=lr / bias_correction(beta1, t))
+            continue
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         scale_(exp_infs_, beta2)                                             # u_t
         norms = torch._foreach_abs(grads_)
         torch._foreach_add_(norms, eps)
         torch._foreach_maximum_(exp_infs_, norms)
         torch._foreach_addcdiv_(params_, exp_avgs_, exp_infs_, (lr / bias_correction(beta1, t)) * -1)
+
+
+def adamax_rule(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, step_size) -> None:
+    """:func:`adamax_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors,
+    ``step_size`` is :math:`\\gamma/(1-\\beta_1^t)`."""
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_inf.copy_(torch.maximum(exp_inf * beta2, grad.abs() + eps))
+    param.sub_(exp_avg / exp_inf * step_size)

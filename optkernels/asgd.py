@@ -5,6 +5,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import grouped, scale_
 from ._validation import as_float, check_lr, check_nonnegative, check_scalar_lists, check_tensor_lists, step_values
 
@@ -21,6 +22,7 @@ def asgd_update(
     lambd: float = 1e-4,
     alpha: float = 0.75,
     t0: float = 1e6,
+    compiled: bool = False,
 ) -> None:
     r"""ASGD step, in place, on lists of tensors.
 
@@ -48,6 +50,9 @@ def asgd_update(
             only the next :math:`\eta`, computed in double precision as torch's for-loop path
             does from a number, then rounded to the dtype of ``etas``.
         lambd, alpha, t0: as in ``torch.optim.ASGD``.
+        compiled: run :func:`asgd_rule` per tensor, compiled (see ``optkernels._compiled``):
+            one pass over memory, equal to the foreach path to rounding. ``mus`` and ``etas``
+            are updated as without it.
 
     Mutates params, axs, mus and etas. Never grads. The decay :math:`\lambda` is part of the
     rule (it scales with :math:`\eta_{t-1}`), so it is applied here; ASGD's ``weight_decay`` is
@@ -85,6 +90,10 @@ def asgd_update(
     # Tensors with the same (eta, mu) take one foreach call; usually that is all of them.
     keys = [(eta.item(), mu.item()) for eta, mu in zip(etas, mus)]
     for (params_, grads_, axs_), (eta, mu) in grouped([params, grads, axs], keys):
+        if compiled:
+            run_compiled(asgd_rule, [params_, grads_, axs_], decay=1 - lambd * eta, eta=eta,
+                         mu=mu if mu != 1 else None)
+            continue
         scale_(params_, 1 - lambd * eta)                                    # decay term
         torch._foreach_add_(params_, grads_, alpha=-eta)                   # theta_t
         if mu != 1:                                                         # bar theta_t
@@ -107,3 +116,14 @@ def check_t0(t0) -> float:
     if math.isnan(value):
         raise ValueError(f"Invalid t0 value: {t0} (t0 must not be NaN)")
     return value
+
+
+def asgd_rule(param, grad, ax, *, decay, eta, mu) -> None:
+    """:func:`asgd_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors,
+    ``decay`` is :math:`1 - \\lambda \\eta_{t-1}`, and ``mu`` is None while :math:`\\mu_{t-1} = 1`
+    (the average is then the param: copied, not computed)."""
+    param.mul_(decay).sub_(grad * eta)                                  # theta_t
+    if mu is not None:                                                  # bar theta_t
+        ax.add_((param - ax) * mu)
+    else:
+        ax.copy_(param)

@@ -83,7 +83,8 @@ def muon_update(
     # torch keeps a tensor lr as a 0-d tensor, so lr * s(m, n) rounds in the lr's dtype
     lr = lr.squeeze() if isinstance(lr, Tensor) else lr_value
 
-    for (params_, grads_, buffers_), _ in grouped([params, grads, momentum_buffers]):
+    # whole matrices: Newton-Schulz orthogonalises each one
+    for (params_, grads_, buffers_), _ in grouped([params, grads, momentum_buffers], slices=False):
         torch._foreach_lerp_(buffers_, grads_, 1 - momentum)                     # B_t
         updates = torch._foreach_lerp(grads_, buffers_, momentum) if nesterov else buffers_
         by_step_size: dict[float, tuple[list[Tensor], list[Tensor]]] = {}

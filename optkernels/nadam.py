@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import bias_correction, grouped, scale_
 from ._validation import (
     check_beta,
@@ -28,6 +29,7 @@ def nadam_update(
     beta2: float = 0.999,
     eps: float = 1e-8,
     momentum_decay: float = 4e-3,
+    compiled: bool = False,
 ) -> None:
     r"""NAdam step, in place, on lists of tensors.
 
@@ -54,6 +56,8 @@ def nadam_update(
             0-d tensor per param.
         lr, beta1, beta2, eps, momentum_decay: as in ``torch.optim.NAdam``; ``lr`` may be a
             1-element tensor.
+        compiled: run :func:`nadam_rule` per tensor, compiled (see ``optkernels._compiled``);
+            ``mu_products`` are updated as above, outside the rule.
 
     Mutates params, exp_avgs, exp_avg_sqs and mu_products. Never grads. Weight decay (coupled,
     or NAdamW's decoupled) is composed in front: ``grads = weight_decay_l2(params, grads, ...)``.
@@ -82,13 +86,18 @@ def nadam_update(
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, mu_products_), t in grouped(
         [params, grads, exp_avgs, exp_avg_sqs, mu_products], steps
     ):
+        mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))          # mu_t
+        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * momentum_decay)))
+        torch._foreach_mul_(mu_products_, mu)                                # Pi_t, rounded as stored
+        if compiled:
+            _run_nadam_rule([params_, grads_, exp_avgs_, exp_avg_sqs_], mu_products_, lr=lr, beta1=beta1,
+                            beta2=beta2, eps=eps, mu=mu, mu_next=mu_next,
+                            bias_correction2_sqrt=bias_correction(beta2, t) ** 0.5)
+            continue
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         scale_(exp_avg_sqs_, beta2)                                          # v_t
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)
         denoms = torch._foreach_sqrt(exp_avg_sqs_)
-        mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))          # mu_t
-        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * momentum_decay)))
-        torch._foreach_mul_(mu_products_, mu)                                # Pi_t, rounded as stored
         torch._foreach_div_(denoms, bias_correction(beta2, t) ** 0.5)        # d_t
         torch._foreach_add_(denoms, eps)
         products = [mu_product.item() for mu_product in mu_products_]
@@ -96,3 +105,26 @@ def nadam_update(
         momentum_step_sizes = [(lr * mu_next / (1.0 - product * mu_next)) * -1 for product in products]
         torch._foreach_addcdiv_(params_, grads_, denoms, grad_step_sizes)
         torch._foreach_addcdiv_(params_, exp_avgs_, denoms, momentum_step_sizes)
+
+
+def _run_nadam_rule(tensor_lists, mu_products, *, lr, mu, mu_next, **scalars) -> None:
+    # The step sizes depend on each param's Pi_t, and run_compiled shares its scalars across the
+    # list: one call per distinct product (one in all, unless params started at different steps).
+    positions: dict[float, list[int]] = {}
+    for position, mu_product in enumerate(mu_products):
+        positions.setdefault(mu_product.item(), []).append(position)
+    for product, indices in positions.items():
+        run_compiled(nadam_rule, [[tensors[i] for i in indices] for tensors in tensor_lists], **scalars,
+                     grad_step_size=lr * (1.0 - mu) / (1.0 - product),
+                     momentum_step_size=lr * mu_next / (1.0 - product * mu_next))
+
+
+def nadam_rule(param, grad, exp_avg, exp_avg_sq, *, beta1, beta2, eps, bias_correction2_sqrt, grad_step_size,
+               momentum_step_size) -> None:
+    """:func:`nadam_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors.
+    The step sizes, :math:`\\gamma (1-\\mu_t)/(1-\\Pi_t)` and
+    :math:`\\gamma \\mu_{t+1}/(1-\\Pi_t \\mu_{t+1})`, are computed outside from ``mu_product``."""
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad * (1 - beta2))
+    denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    param.sub_(grad / denom * grad_step_size).sub_(exp_avg / denom * momentum_step_size)

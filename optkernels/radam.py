@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import bias_correction, grouped, scale_, sma_length
 from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
@@ -18,6 +19,7 @@ def radam_update(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    compiled: bool = False,
 ) -> None:
     r"""RAdam step, in place, on lists of tensors.
 
@@ -34,9 +36,10 @@ def radam_update(
             1 & \text{otherwise (an SGD-with-momentum step)}
         \end{cases}
 
-    Arguments as :func:`adam_update` (no AMSGrad). Mutates params, exp_avgs and exp_avg_sqs.
-    Never grads. The op order is ``torch.optim.RAdam(foreach=True)``'s, which it equals bit for
-    bit on CPU; torch's for-loop path orders the ops differently (equal to rounding).
+    Arguments as :func:`adam_update` (no AMSGrad; ``compiled`` runs :func:`radam_rule`). Mutates
+    params, exp_avgs and exp_avg_sqs. Never grads. The op order is ``torch.optim.RAdam(foreach=True)``'s,
+    which it equals bit for bit on CPU; torch's for-loop path orders the ops differently (equal to
+    rounding).
 
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
     """
@@ -47,20 +50,40 @@ def radam_update(
     for (params_, grads_, exp_avgs_, exp_avg_sqs_), t in grouped(
         [params, grads, exp_avgs, exp_avg_sqs], steps
     ):
+        rho_t, rho_inf = sma_length(beta2, t)
+        rectified = rho_t > 5
+        if rectified:
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+            # torch folds lr r_t sqrt(1-beta2^t) / (1-beta1^t) into one scalar
+            step_size = (bias_correction(beta2, t) ** 0.5) * (lr * rect / bias_correction(beta1, t))
+        else:
+            step_size = lr / bias_correction(beta1, t)
+        if compiled:
+            run_compiled(radam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_], beta1=beta1, beta2=beta2,
+                         eps=eps, rectified=rectified, step_size=step_size)
+            continue
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         scale_(exp_avg_sqs_, beta2)                                          # v_t
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)
-        rho_t, rho_inf = sma_length(beta2, t)
-        step_size = lr / bias_correction(beta1, t)
-        if rho_t > 5:
-            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
-            # torch folds -lr r_t sqrt(1-beta2^t) / (1-beta1^t) into one scalar and takes a reciprocal
-            scale = (bias_correction(beta2, t) ** 0.5) * (lr * rect / bias_correction(beta1, t)) * -1
+        if rectified:
+            # torch divides by the negated step size and takes a reciprocal
             factors = torch._foreach_sqrt(exp_avg_sqs_)
             torch._foreach_add_(factors, eps)
-            torch._foreach_div_(factors, scale)
+            torch._foreach_div_(factors, step_size * -1)
             torch._foreach_reciprocal_(factors)
             torch._foreach_addcmul_(params_, exp_avgs_, factors)
         else:
             # torch multiplies by a buffer filled with this scalar; add with alpha rounds as that does
             torch._foreach_add_(params_, exp_avgs_, alpha=step_size * -1)
+
+
+def radam_rule(param, grad, exp_avg, exp_avg_sq, *, beta1, beta2, eps, rectified, step_size) -> None:
+    """:func:`radam_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors.
+    ``step_size`` is :math:`\\alpha r_t \\sqrt{1-\\beta_2^t}/(1-\\beta_1^t)` when ``rectified``
+    (:math:`\\rho_t > 5`, decided outside), else :math:`\\alpha/(1-\\beta_1^t)`."""
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad * (1 - beta2))
+    if rectified:
+        param.sub_(exp_avg / (exp_avg_sq.sqrt() + eps) * step_size)
+    else:  # an SGD-with-momentum step
+        param.sub_(exp_avg * step_size)

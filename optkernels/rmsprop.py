@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import grouped, scale_
 from ._validation import as_float, check_eps, check_lr, check_nonnegative, check_tensor_lists, optional_list
 
@@ -18,6 +19,7 @@ def rmsprop_update(
     alpha: float = 0.99,
     eps: float = 1e-8,
     momentum: float = 0.0,
+    compiled: bool = False,
 ) -> None:
     r"""RMSprop step, in place, on lists of tensors; centered when ``grad_avgs`` is given.
 
@@ -40,6 +42,8 @@ def rmsprop_update(
         momentum_buffers: required when ``momentum > 0``; ignored otherwise.
         lr, alpha, eps, momentum: as in ``torch.optim.RMSprop``; ``lr`` may be a 1-element
             tensor; ``alpha`` lies in [0, 1].
+        compiled: run :func:`rmsprop_rule` per tensor, compiled (see ``optkernels._compiled``):
+            one pass over memory, equal to the foreach path to rounding.
 
     The rule does not depend on the step count, so there is no ``step`` argument.
     Mutates params, square_avgs, grad_avgs and momentum_buffers. Never grads. Weight decay is
@@ -72,6 +76,10 @@ def rmsprop_update(
     for (params_, grads_, square_avgs_, grad_avgs_, buffers_), _ in grouped(
         [params, grads, square_avgs, grad_avgs, momentum_buffers]
     ):
+        if compiled:
+            run_compiled(rmsprop_rule, [params_, grads_, square_avgs_, grad_avgs_, buffers_],
+                         lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+            continue
         scale_(square_avgs_, alpha)                                          # v_t
         torch._foreach_addcmul_(square_avgs_, grads_, grads_, value=1 - alpha)
         if grad_avgs_ is not None:
@@ -96,3 +104,19 @@ def check_alpha(alpha) -> float:
     if not 0.0 <= number <= 1.0:  # also false for NaN
         raise ValueError(f"Invalid alpha value: {alpha} (alpha must be in [0, 1])")
     return number
+
+
+def rmsprop_rule(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps, momentum) -> None:
+    """:func:`rmsprop_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d
+    tensors; a ``None`` ``grad_avg`` or ``momentum_buffer`` drops that branch."""
+    square_avg.mul_(alpha).addcmul_(grad, grad * (1 - alpha))
+    if grad_avg is not None:
+        grad_avg.lerp_(grad, 1 - alpha)
+        denom = (square_avg - grad_avg * grad_avg).sqrt() + eps
+    else:
+        denom = square_avg.sqrt() + eps
+    if momentum_buffer is not None:
+        momentum_buffer.mul_(momentum).add_(grad / denom)
+        param.sub_(momentum_buffer * lr)
+    else:
+        param.sub_(grad / denom * lr)

@@ -5,6 +5,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import grouped
 from ._validation import as_float, check_tensor_lists
 
@@ -19,6 +20,7 @@ def rprop_update(
     etaplus: float = 1.2,
     step_size_min: float = 1e-6,
     step_size_max: float = 50.0,
+    compiled: bool = False,
 ) -> None:
     r"""Rprop step, in place, on lists of tensors.
 
@@ -40,6 +42,8 @@ def rprop_update(
         etaminus, etaplus: the factors that shrink and grow a step size (``0 < etaminus < 1 <
             etaplus``): torch.optim.Rprop's ``etas``.
         step_size_min, step_size_max: the bounds of a step size, its ``step_sizes``.
+        compiled: run :func:`rprop_rule` per tensor, compiled (see ``optkernels._compiled``):
+            one pass over memory, equal to the foreach path to rounding.
 
     Mutates params, prevs and step_sizes. Never grads. The update uses gradient signs only, so it
     needs no step count and no learning rate (that is the initial step size). Complex params
@@ -66,6 +70,10 @@ def rprop_update(
     etaminus, etaplus = check_etas(etaminus, etaplus)
     step_size_min, step_size_max = check_step_size_bounds(step_size_min, step_size_max)
     for (params_, grads_, prevs_, step_sizes_), _ in grouped([params, grads, prevs, step_sizes]):
+        if compiled:
+            run_compiled(rprop_rule, [params_, grads_, prevs_, step_sizes_], etaminus=etaminus, etaplus=etaplus,
+                         step_size_min=step_size_min, step_size_max=step_size_max)
+            continue
         factors = torch._foreach_mul(grads_, prevs_)
         torch._foreach_sign_(factors)
         for factor in factors:  # torch's three masked fills, in its order
@@ -99,3 +107,13 @@ def check_step_size_bounds(step_size_min, step_size_max) -> tuple[float, float]:
         raise ValueError(f"Invalid step_sizes: ({step_size_min}, {step_size_max}) (step_sizes = "
                          "(step_size_min, step_size_max) must satisfy 0 <= step_size_min <= step_size_max)")
     return low, high
+
+
+def rprop_rule(param, grad, prev, step_size, *, etaminus, etaplus, step_size_min, step_size_max) -> None:
+    """:func:`rprop_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors."""
+    sign = (grad * prev).sign()
+    # sign + 1 is 1 where the sign is 0, and NaN stays NaN, as torch's masked fills leave it
+    factor = torch.where(sign > 0, etaplus, torch.where(sign < 0, etaminus, sign + 1))
+    step_size.mul_(factor).clamp_(step_size_min, step_size_max)       # eta_t
+    prev.copy_(torch.where(sign < 0, 0, grad))                          # no move where the sign flipped
+    param.sub_(prev.sign() * step_size)

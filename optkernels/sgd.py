@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from ._compiled import run_compiled
 from ._math import grouped, scale_
 from ._validation import check_lr, check_nonnegative, check_tensor_lists, optional_list
 
@@ -16,6 +17,7 @@ def sgd_update(
     momentum: float = 0.0,
     dampening: float = 0.0,
     nesterov: bool = False,
+    compiled: bool = False,
 ) -> None:
     r"""SGD step, in place, on lists of tensors.
 
@@ -33,6 +35,8 @@ def sgd_update(
 
     Mutates params and momentum_buffers (the tensors, and the list where it held ``None``).
     Never grads (torch's foreach Nesterov path adds into ``grads``; this does not).
+    With ``compiled=True`` it runs :func:`sgd_rule` per tensor, compiled (see
+    ``optkernels._compiled``): one pass over memory, equal to the foreach path to rounding.
 
     Reference: Sutskever et al., "On the importance of initialization and momentum in deep
     learning", ICML 2013; the formulation of torch.optim.SGD.
@@ -48,6 +52,10 @@ def sgd_update(
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("momentum_buffers is required when momentum != 0 (None entries are filled in)")
 
+    if compiled:
+        _run_sgd_rule(params, grads, momentum_buffers if momentum != 0 else None, lr=lr, momentum=momentum,
+                      dampening=dampening, nesterov=nesterov)
+        return
     if momentum != 0:
         kept = [i for i, buffer in enumerate(momentum_buffers) if buffer is not None]
         for (buffers_, grads_), _ in grouped([[momentum_buffers[i] for i in kept], [grads[i] for i in kept]]):
@@ -64,3 +72,26 @@ def sgd_update(
         else:
             directions = buffers_
         torch._foreach_add_(params_, directions, alpha=-lr)
+
+
+def _run_sgd_rule(params, grads, momentum_buffers, *, dampening, **scalars) -> None:
+    # A missing buffer is created as zeros and gets g_1 undamped (0 * mu + 1 * g_1 = g_1, as the
+    # foreach path's copy): one call for the new buffers, one for the others.
+    new = {i for i, buffer in enumerate(momentum_buffers or []) if buffer is None}
+    for i in new:
+        momentum_buffers[i] = torch.zeros_like(grads[i], memory_format=torch.preserve_format)
+    for indices, dampening_ in (([i for i in range(len(params)) if i not in new], dampening), (sorted(new), 0.0)):
+        lists = [None if lst is None else [lst[i] for i in indices] for lst in (params, grads, momentum_buffers)]
+        for lists_, _ in grouped(lists):
+            run_compiled(sgd_rule, lists_, dampening=dampening_, **scalars)
+
+
+def sgd_rule(param, grad, momentum_buffer, *, lr, momentum, dampening, nesterov) -> None:
+    """:func:`sgd_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors.
+    ``momentum_buffer`` is ``None`` without momentum; a new buffer comes in as zeros, with
+    ``dampening=0``."""
+    direction = grad
+    if momentum_buffer is not None:
+        momentum_buffer.mul_(momentum).add_(grad * (1 - dampening))
+        direction = grad + momentum_buffer * momentum if nesterov else momentum_buffer
+    param.sub_(direction * lr)

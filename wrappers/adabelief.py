@@ -19,11 +19,11 @@ class AdaBelief(KernelOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0, amsgrad=False, *,
                  decoupled_weight_decay=True, fixed_decay=False, rectify=True, degenerated_to_sgd=True,
-                 maximize=False):
+                 maximize=False, flat=False, compiled=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         decoupled_weight_decay=decoupled_weight_decay, fixed_decay=fixed_decay,
                         rectify=rectify, degenerated_to_sgd=degenerated_to_sgd, maximize=maximize)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
         decoupled = group["decoupled_weight_decay"]
@@ -32,4 +32,4 @@ class AdaBelief(KernelOptimizer):
         adabelief_update(params, grads, state["exp_avg"], state["exp_avg_var"], state.get("max_exp_avg_var"),
                          step=step, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
                          eps=group["eps"], rectify=group["rectify"],
-                         degenerated_to_sgd=group["degenerated_to_sgd"])
+                         degenerated_to_sgd=group["degenerated_to_sgd"], compiled=self.compiled)

@@ -12,10 +12,10 @@ class Adadelta(KernelOptimizer):
     state_names = ("square_avg", "acc_delta")
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *, capturable=False,
-                 maximize=False, differentiable=False):
+                 maximize=False, differentiable=False, flat=False, compiled=False):
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         capturable=capturable, foreach=foreach, differentiable=differentiable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -24,4 +24,4 @@ class Adadelta(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         adadelta_update(params, grads, state["square_avg"], state["acc_delta"], lr=group["lr"], rho=group["rho"],
-                        eps=group["eps"])
+                        eps=group["eps"], compiled=self.compiled)

@@ -21,11 +21,11 @@ class Adagrad(KernelOptimizer):
     takes_sparse_grads = True
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
-                 foreach=None, *, maximize=False, differentiable=False, fused=None):
+                 foreach=None, *, maximize=False, differentiable=False, fused=None, flat=False, compiled=False):
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
         for group in self.param_groups:
             for param in group["params"]:
                 self.state[param].update({name: self._new_state(name, param, group) for name in ("step", "sum")})
@@ -56,7 +56,7 @@ class Adagrad(KernelOptimizer):
         if group["weight_decay"] != 0:  # weight_decay_l2 takes dense grads only (sparse ones have none)
             grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         adagrad_update(params, grads, state["sum"], step=step, lr=group["lr"], lr_decay=group["lr_decay"],
-                       eps=group["eps"])
+                       eps=group["eps"], compiled=self.compiled)
 
     def share_memory(self) -> None:
         """Move the ``sum`` accumulators to shared memory (as torch.optim.Adagrad does, for Hogwild)."""

@@ -20,10 +20,10 @@ class ASGD(KernelOptimizer):
     scalar_state_names = ("eta", "mu")
 
     def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, foreach=None,
-                 maximize=False, differentiable=False, capturable=False):
+                 maximize=False, differentiable=False, capturable=False, *, flat=False, compiled=False):
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, capturable=capturable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -49,7 +49,7 @@ class ASGD(KernelOptimizer):
                               for tensors in (params, grads, state["ax"]))
         grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         asgd_update(params, grads, axs, state["mu"], state["eta"], step=step, lr=group["lr"],
-                    lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"])
+                    lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"], compiled=self.compiled)
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -22,6 +22,9 @@ from optkernels._validation import (
 )
 
 TORCH_ONLY_SWITCHES = ("capturable", "differentiable", "fused")
+# Param-sized lists one chunk of a step may allocate at once: maximize's negated grads, coupled
+# weight decay's grads, and up to three of the kernel's own (Adadelta, centered RMSprop: two).
+_TEMPORARY_LISTS = 5
 
 
 def _check_betas(betas) -> None:
@@ -199,7 +202,7 @@ class KernelOptimizer(Optimizer):
         if kernel_made or not self.elementwise:  # the kernel fills lists we pass (SGD's first step)
             runs = [lists]
         else:
-            runs = chunks(lists, _math.TEMPORARY_BYTES // 4, shared=scalar)
+            runs = chunks(lists, _math.TEMPORARY_BYTES // _TEMPORARY_LISTS, shared=scalar)
         runs = list(runs)
         before: dict[int, Tensor] = {}
         for params_, grads_, step_, *state_ in runs:

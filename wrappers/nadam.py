@@ -21,11 +21,11 @@ class NAdam(KernelOptimizer):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False):
+                 differentiable=False, flat=False, compiled=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach,
                         capturable=capturable, differentiable=differentiable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -47,4 +47,4 @@ class NAdam(KernelOptimizer):
                                 decoupled=group["decoupled_weight_decay"])
         nadam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], state["mu_product"], step=step,
                      lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-                     momentum_decay=group["momentum_decay"])
+                     momentum_decay=group["momentum_decay"], compiled=self.compiled)

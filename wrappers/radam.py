@@ -12,14 +12,14 @@ class RAdam(KernelOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False):
+                 differentiable=False, flat=False, compiled=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         foreach=foreach, capturable=capturable,
                         decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
         grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
                                 decoupled=group["decoupled_weight_decay"])
         radam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], step=step, lr=group["lr"],
-                     beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"])
+                     beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"], compiled=self.compiled)

@@ -14,11 +14,11 @@ class RMSprop(KernelOptimizer):
     """
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
-                 capturable=False, foreach=None, maximize=False, differentiable=False):
+                 capturable=False, foreach=None, maximize=False, differentiable=False, *, flat=False, compiled=False):
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach, maximize=maximize,
                         differentiable=differentiable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -31,4 +31,5 @@ class RMSprop(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         rmsprop_update(params, grads, state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer"),
-                       lr=group["lr"], alpha=group["alpha"], eps=group["eps"], momentum=group["momentum"])
+                       lr=group["lr"], alpha=group["alpha"], eps=group["eps"], momentum=group["momentum"],
+                       compiled=self.compiled)

@@ -24,10 +24,10 @@ class Rprop(KernelOptimizer):
     state_names = ("prev", "step_size")
 
     def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, capturable=False,
-                 foreach=None, maximize=False, differentiable=False):
+                 foreach=None, maximize=False, differentiable=False, flat=False, compiled=False):
         defaults = dict(lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, capturable=capturable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -47,4 +47,4 @@ class Rprop(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
         rprop_update(params, grads, state["prev"], state["step_size"], etaminus=etaminus, etaplus=etaplus,
-                     step_size_min=step_size_min, step_size_max=step_size_max)
+                     step_size_min=step_size_min, step_size_max=step_size_max, compiled=self.compiled)

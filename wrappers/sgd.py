@@ -14,11 +14,11 @@ class SGD(KernelOptimizer):
     counts_steps = False
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None):
+                 maximize=False, foreach=None, differentiable=False, fused=None, flat=False, compiled=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
                         differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -34,4 +34,4 @@ class SGD(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         sgd_update(params, grads, state.get("momentum_buffer"), lr=group["lr"], momentum=group["momentum"],
-                   dampening=group["dampening"], nesterov=group["nesterov"])
+                   dampening=group["dampening"], nesterov=group["nesterov"], compiled=self.compiled)

@@ -107,3 +107,30 @@ def test_kernels_chunk_their_own_temporaries(monkeypatch):
     with torch.no_grad():
         peak = peak_extra_bytes(lambda: optkernels.adam_update(params, grads, *state, step=1, lr=0.1), CPU)
     assert peak <= budget
+
+
+MODES = {"flat": (dict(flat=True), True), "compiled": (dict(compiled=True), False),
+         "flat-compiled": (dict(flat=True, compiled=True), False)}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_every_mode_steps_as_the_list_path(name, mode):
+    """Also for AdaBelief, which torch lacks (test_parity compares the others with torch.optim):
+    maximize, weight decay, a param without grad on some steps, 12 steps."""
+    options, bitwise = MODES[mode]
+    results = []
+    for mode_options in ({}, options):
+        params = _params([(30, 20), (20,), (), (7, 3)])
+        grads = [param.grad for param in params]
+        optimizer = getattr(wrappers, name)(params, **_options(name), **mode_options)
+        for step in range(12):
+            params[1].grad = None if step % 4 == 3 else grads[1] * (step + 1)
+            optimizer.step()
+        results.append((params, optimizer))
+    (list_params, list_optimizer), (params, optimizer) = results
+    tolerance = dict(rtol=0, atol=0) if bitwise else {}
+    for mine, theirs in zip(params, list_params):
+        torch.testing.assert_close(mine, theirs, **tolerance)
+        for key, value in list_optimizer.state[theirs].items():
+            torch.testing.assert_close(optimizer.state[mine][key], value, **tolerance)

@@ -7,7 +7,8 @@ import torch
 
 import optkernels._math
 from tests.configs import CASES, untouched_state
-from tests.helpers import DTYPES, assert_same_state, make_grads, make_param_values, make_params
+from tests.helpers import (DTYPES, TOLERANCES, assert_same_state, make_grads, make_param_values, make_params,
+                           tolerance)
 
 STEPS = 10  # past RAdam's switch to rectified steps (step 6 with beta2=0.999)
 SKIPPED_EVERY = 3  # params[1] has no grad on every third step, so its step count lags
@@ -43,6 +44,13 @@ MODES = {
 CHUNK_BYTES = 64  # 16 fp32 elements per chunk's temporaries: every param is cut into slices
 
 
+def _compiled_once(case) -> bool:
+    """The case that runs the compiled modes in every dtype: the class's first. A compiled graph
+    is per rule, branch and dtype (values never recompile), and compiling is what takes time
+    here: the other cases run them in fp32, which covers every branch."""
+    return case is next(other for other in CASES if other.reference is case.reference)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
@@ -52,6 +60,8 @@ def test_wrapper_matches_torch(case, dtype, mode, monkeypatch):
     options, bitwise = MODES[mode]
     if options and not case.ours.elementwise:
         pytest.skip(f"{case.ours.__name__} has no flat or compiled mode: its update is not elementwise")
+    if not bitwise and dtype != torch.float32 and not _compiled_once(case):
+        pytest.skip("compiled modes run every case in fp32, every dtype in the class's first case")
     if mode == "chunked":
         monkeypatch.setattr(optkernels._math, "TEMPORARY_BYTES", CHUNK_BYTES)
     values = make_param_values(dtype)
@@ -59,4 +69,13 @@ def test_wrapper_matches_torch(case, dtype, mode, monkeypatch):
     for torch_mode, exact in case.torch_modes(dtype).items():
         reference = _run(lambda groups, **kw: case.reference(groups, foreach=torch_mode == "foreach", **kw),
                          values, case.kwargs)
-        assert_same_state(ours, reference, exact and bitwise, case.tolerance)
+        # compiled: the case's tolerance or the dtype's rounding, whichever is looser
+        tolerance = case.tolerance if bitwise or case.tolerance is None else _looser(case.tolerance, dtype)
+        assert_same_state(ours, reference, exact and bitwise, tolerance)
+
+
+def _looser(case_tolerance: dict, dtype: torch.dtype) -> dict | None:
+    dtype_tolerance = tolerance(dtype, exact=False)
+    if dtype not in TOLERANCES:  # bf16: scaled per tensor by assert_same_state
+        return None
+    return {key: max(value, dtype_tolerance[key]) for key, value in case_tolerance.items()}
