@@ -6,6 +6,16 @@ Step times
     machine (clock, other load, memory state) falls on every variant alike instead of on
     whichever ran last. Python's garbage collector is off while timing, as in :mod:`timeit`.
 
+First step
+    :func:`time_first_step` times a variant's first step on its own, before any round: the
+    step that creates the optimizer state, moves params into flat buffers and compiles. It
+    first clears dynamo's compiled code (``torch._dynamo.reset()``), so a variant that compiles
+    pays its own tracing and compiling even where an earlier variant, algorithm or workload
+    compiled the same rule; inductor's on-disk cache stays, as it does for a user's second run.
+    One-off costs of the process (importing inductor) fall on :func:`warm_compiler`, called once
+    before any first step, not on whichever variant compiles first. Later compiles of the same
+    variant (RAdam's rectified branch at step 6) happen in the untimed settle steps.
+
 Memory bandwidth
     :func:`memory_bandwidth` is the best rate of two streaming kernels, in place as an optimizer
     updates its state: ``a += s * b`` (2 reads, 1 write per element) and ``a += s * b * c``
@@ -20,9 +30,11 @@ Memory bandwidth
     small scale) are not bound by this memory roofline at all.
 
 Peak extra memory
-    :func:`peak_extra_bytes` runs one step under ``torch.profiler`` with ``profile_memory=True``.
-    The profiler reports every allocation and free of torch's allocator on the device (the CPU
-    allocator included) with its size and time; the peak of the running sum, from the step's
+    :func:`peak_extra_bytes` runs one step under ``torch.profiler`` with ``profile_memory=True``,
+    after the timed rounds: in steady state, once the state, flat buffers and compiled code
+    exist, which are not the step's extra memory. The profiler reports every allocation and
+    free of torch's allocator on the device (the CPU allocator included) with its size and
+    time; the peak of the running sum, from the step's
     start, is the most memory the step held beyond what existed before it: temporaries (for
     example the square-root buffer of foreach Adam, one float per parameter), plus whatever
     the step keeps. It is measured, not estimated, and it is exact for torch's allocations,
@@ -116,6 +128,30 @@ def time_interleaved(steppers: Mapping[str, Stepper], *, steps: int, warmup: int
                 times = "  ".join(f"{name} {this_round[name] * 1e3:.1f}" for name in names)
                 progress(f"{label}: {times} ms")
     return {name: Timing(tuple(values)) for name, values in seconds.items()}
+
+
+def warm_compiler(device: torch.device) -> None:
+    """Compile and run a tiny function once: the process's one-off costs of torch.compile."""
+    if not torch._dynamo.is_dynamo_supported():
+        return
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+    try:
+        torch.compile(lambda x: x.mul_(2.0), dynamic=True)(torch.ones(4, device=device))
+    except (BackendCompilerFailed, InductorError):
+        pass  # no C++ compiler here: the compiled variants run their rules eagerly (optkernels._compiled)
+    torch._dynamo.reset()
+
+
+def time_first_step(step: Stepper, device: torch.device) -> float:
+    """Seconds of one call of ``step``, its first, with no compiled code left from before: see above."""
+    torch._dynamo.reset()
+    with _gc_disabled():
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        return time.perf_counter() - start
 
 
 def memory_bandwidth(device: torch.device, *, nbytes: int = 512 * 2**20, repeats: int = 10) -> float:

@@ -9,7 +9,7 @@ from benchmarks import report
 from benchmarks.variants import ALGORITHMS, available_variants
 
 REQUIRED_KEYS = {"device", "workload", "algorithm", "variant", "median_ms", "min_ms", "max_ms", "roofline_ms",
-                 "peak_extra_bytes"}
+                 "peak_extra_bytes", "first_step_s"}
 
 
 def test_report_writes_markdown_json_and_plot(tmp_path):
@@ -30,12 +30,30 @@ def test_report_writes_markdown_json_and_plot(tmp_path):
             for workload in workloads:
                 assert sorted(r["variant"] for r in records if (r["device"], r["workload"], r["algorithm"])
                               == (device, workload, algorithm)) == variants, (device, workload, algorithm)
-    assert {r["variant"] for r in records if r["algorithm"] == "adabelief"} == {"ours-functional", "ours-wrapper"}
+    assert {r["variant"] for r in records if r["algorithm"] == "adabelief"} == {
+        "official-forloop", "ours-functional", "ours-wrapper", "ours-flat", "ours-compiled"}
     foreach = next(r for r in records if r["variant"] == "torch-foreach")
     assert foreach["peak_extra_bytes"] > 0
     assert all(r["roofline_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in records)
+    assert all(r["first_step_s"] > 0 for r in records)
     table = (tmp_path / "results.md").read_text()
     assert "## Summary" in table and all(f"| {r['variant']} |" in table for r in records)
+    summary = table.split("## Summary")[1].split("\n## ")[0]
+    for device in report._available_devices():
+        for workload in workloads:
+            rows = [r for r in records if (r["device"], r["workload"]) == (device, workload)]
+            for algorithm, baseline in (("adam", "torch"), ("adabelief", "official")):
+                ours = min((r for r in rows if r["algorithm"] == algorithm and r["variant"].startswith("ours")),
+                           key=lambda r: r["median_ms"])
+                theirs = min((r for r in rows if r["algorithm"] == algorithm and r["variant"].startswith(baseline)),
+                             key=lambda r: r["median_ms"])
+                # the row names both best variants, their ratio and our best's first step
+                row = next(line for line in summary.splitlines()
+                           if line.startswith(f"| {device} | {workload} | {algorithm} |"))
+                cells = [cell.strip() for cell in row.strip("|").split("|")]
+                assert cells[4] == theirs["variant"] and cells[6] == ours["variant"], row
+                assert cells[8] == f"{ours['median_ms'] / theirs['median_ms']:.2f}", row
+                assert cells[10] == report._fmt(ours["first_step_s"] * 1e3), row
 
 
 def test_options_select_and_validate():

@@ -5,10 +5,14 @@ our functional kernels called as a custom training loop calls them) with the sam
 hyperparameters, plus how much memory traffic its update needs at least. A :class:`Variant` is
 one way of stepping it; :func:`build_steppers` builds every variant available on a device, each
 on its own copy of the params and grads, so that variants timed side by side in one process
-never share a tensor.
+never share a tensor. Our wrapper runs three ways: its default list path (foreach in chunks),
+``flat=True``, and ``flat=True, compiled=True``; the last two only where its update is
+elementwise (``wrapper.elementwise``).
 
 Adding an algorithm is one more :class:`Algorithm` in :data:`ALGORITHMS`; where torch.optim
 lacks it (AdaBelief) the torch variants drop out and the report shows no "x torch default".
+For AdaBelief the baseline is then the official package's per-param loop
+(``official_rule``), which we cannot install: its rule as transcribed in ``tests/reference.py``.
 Not here: LBFGS (a closure re-evaluates the model several times per step, so a step is not an
 update over fixed gradients), SparseAdam (sparse gradients) and Muon (2-D params only; its cost
 is matrix products, not memory traffic).
@@ -27,6 +31,8 @@ from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
 import optkernels as ok
 import wrappers
+
+from tests.reference import adabelief_reference
 
 from .measure import Stepper
 
@@ -50,6 +56,9 @@ class Algorithm:
     # rectified branch until step 6 (beta2 = 0.999), so timing their first steps would time a
     # cheaper update than training runs.
     settle_steps: int = 0
+    # The official implementation's update of one param (param, grad, state dict, **options), where
+    # torch.optim lacks the algorithm: its optimizer's step() loops over the params with it.
+    official_rule: Callable[..., None] | None = None
 
     def min_bytes(self, shapes: Collection[tuple[int, ...]], element_size: int) -> int:
         """Bytes one step must move at least over params of ``shapes``."""
@@ -179,7 +188,7 @@ ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
     # reads param, grad, exp_avg, exp_inf; writes param, exp_avg, exp_inf
     Algorithm("adamax", wrappers.Adamax, torch.optim.Adamax, _adamax, _passes(7), dict(ADAM_OPTIONS, lr=2e-3)),
     Algorithm("adabelief", wrappers.AdaBelief, None, _adabelief, _passes(7), dict(ADAM_OPTIONS, eps=1e-16),
-              settle_steps=5),
+              settle_steps=5, official_rule=adabelief_reference),
     # reads param, grad, momentum_buffer; writes param, momentum_buffer
     Algorithm("sgd", wrappers.SGD, torch.optim.SGD, _sgd, _passes(5), dict(lr=1e-2, momentum=0.9)),
     # reads param, grad, square_avg; writes param, square_avg
@@ -210,12 +219,24 @@ def _torch_optimizer(**mode: bool) -> Callable[[Algorithm, list[Tensor], list[Te
     return build
 
 
-def _our_wrapper(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
-    return _with_grads(algorithm.wrapper, params, grads, **algorithm.options).step
+def _our_wrapper(**mode: bool) -> Callable[[Algorithm, list[Tensor], list[Tensor]], Stepper]:
+    def build(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
+        return _with_grads(algorithm.wrapper, params, grads, **algorithm.options, **mode).step
+    return build
 
 
 def _our_functional(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
     return algorithm.functional(params, grads, algorithm.options)
+
+
+def _official_forloop(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
+    states = [{} for _ in params]  # per-param state, created by the rule on the first step
+
+    @torch.no_grad()
+    def step() -> None:  # as the official optimizer's step(): one param at a time
+        for param, grad, state in zip(params, grads, states):
+            algorithm.official_rule(param, grad, state, **algorithm.options)
+    return step
 
 
 def _with_grads(optimizer_class: type[Optimizer], params: list[Tensor], grads: list[Tensor],
@@ -239,6 +260,14 @@ def _has_torch_fused(algorithm: Algorithm, device: torch.device) -> bool:
     return True
 
 
+def _has_official(algorithm: Algorithm, device: torch.device) -> bool:
+    return algorithm.official_rule is not None
+
+
+def _elementwise(algorithm: Algorithm, device: torch.device) -> bool:
+    return algorithm.wrapper.elementwise
+
+
 def _always(algorithm: Algorithm, device: torch.device) -> bool:
     return True
 
@@ -255,9 +284,16 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("torch-forloop", "the torch.optim class, foreach=False", _torch_optimizer(foreach=False), _has_torch),
     Variant("torch-foreach", "the torch.optim class, foreach=True", _torch_optimizer(foreach=True), _has_torch),
     Variant("torch-fused", "the torch.optim class, fused=True", _torch_optimizer(fused=True), _has_torch_fused),
+    Variant("official-forloop", "the official AdaBelief's per-param loop, as transcribed in tests/reference.py "
+            "(adabelief-pytorch 0.2.1 cannot be installed here)", _official_forloop, _has_official),
     Variant("ours-functional", "our optkernels functions on the tensor lists, as a custom loop calls them",
             _our_functional, _always),
-    Variant("ours-wrapper", "our wrappers class, .step()", _our_wrapper, _always),
+    Variant("ours-wrapper", "our wrappers class, .step() (foreach on lists, in chunks under a temporaries budget)",
+            _our_wrapper(), _always),
+    Variant("ours-flat", "our wrappers class with flat=True (one buffer per group, device and dtype)",
+            _our_wrapper(flat=True), _elementwise),
+    Variant("ours-compiled", "our wrappers class with flat=True, compiled=True (the torch.compile'd rule)",
+            _our_wrapper(flat=True, compiled=True), _elementwise),
 )
 
 
