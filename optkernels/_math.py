@@ -1,6 +1,7 @@
 """Math and bookkeeping shared by the kernels: bias corrections, the RAdam rectification term,
 and splitting tensor lists into groups that one foreach call can take."""
 
+import sys
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -62,7 +63,8 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
     each yielded group's params hold at most ``TEMPORARY_BYTES / (2 * temporaries)`` bytes, so
     the caller's temporaries stay within :data:`TEMPORARY_BYTES` (see :func:`chunks`): half of it,
     because a loop body's temporaries live on until the next group's replace them. ``slices=False``
-    keeps every tensor whole, for updates that are not elementwise (Adafactor's norms, Muon).
+    keeps every tensor whole, for updates that are not elementwise (Adafactor's norms, Muon);
+    ``temporaries=0``, for callers that allocate none (compiled rules), does not chunk at all.
     """
     present = [i for i, lst in enumerate(tensor_lists) if lst is not None]
     params = tensor_lists[0]
@@ -73,7 +75,7 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
         full: TensorLists = [None] * len(tensor_lists)
         for position, sublist in zip(present, sublists):
             full[position] = _as_real(sublist) if dtype.is_complex else sublist
-        limit = TEMPORARY_BYTES // (2 * temporaries)
+        limit = TEMPORARY_BYTES // (2 * temporaries) if temporaries else sys.maxsize
         shared = () if slices else None
         if steps is None:
             yield from ((lists, None) for lists in chunks(full, limit, shared=shared))
@@ -138,7 +140,8 @@ def _can_slice(tensor_lists: TensorLists, index: int, shared: Sequence[int] | No
 def _slices(tensor_lists: TensorLists, index: int, length: int, shared: Sequence[int]) -> Iterator[TensorLists]:
     numel = tensor_lists[0][index].numel()
     for start in range(0, numel, length):
-        yield [None if lst is None else [lst[index] if position in shared else lst[index].view(-1)[start:start + length]]
+        yield [None if lst is None
+               else [lst[index] if position in shared else lst[index].view(-1)[start:start + length]]
                for position, lst in enumerate(tensor_lists)]
 
 

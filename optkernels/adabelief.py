@@ -75,7 +75,7 @@ def adabelief_update(
     lr, eps = check_lr(lr), check_eps(eps)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     for (params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps
+        [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps, temporaries=0 if compiled else 1
     ):
         if compiled:
             adaptive, step_size = True, lr / bias_correction(beta1, t)

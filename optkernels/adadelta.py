@@ -58,7 +58,7 @@ def adadelta_update(
     check_tensor_lists(params=params, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas)
     lr, eps, rho = check_lr(lr), check_eps(eps), check_rho(rho)
     for (params_, grads_, square_avgs_, acc_deltas_), _ in grouped([params, grads, square_avgs, acc_deltas],
-                                                                   temporaries=2):  # stds, deltas
+                                                                   temporaries=0 if compiled else 2):  # stds, deltas
         if compiled:
             run_compiled(adadelta_rule, [params_, grads_, square_avgs_, acc_deltas_], lr=lr, rho=rho, eps=eps)
             continue

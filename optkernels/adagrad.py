@@ -75,7 +75,7 @@ def adagrad_update(
         dense = [i for i in range(count) if not grads[i].is_sparse]
         dense_lists = [[tensors[i] for i in dense] for tensors in dense_lists]
         dense_steps = [steps[i] for i in dense]
-    for (params_, grads_, state_sums_), t in grouped(dense_lists, dense_steps):
+    for (params_, grads_, state_sums_), t in grouped(dense_lists, dense_steps, temporaries=0 if compiled else 1):
         if compiled:
             run_compiled(adagrad_rule, [params_, grads_, state_sums_], lr=_decayed_lr(lr, lr_decay, t), eps=eps)
             continue

@@ -59,7 +59,8 @@ def adamax_update(
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
-    for (params_, grads_, exp_avgs_, exp_infs_), t in grouped([params, grads, exp_avgs, exp_infs], steps):
+    for (params_, grads_, exp_avgs_, exp_infs_), t in grouped([params, grads, exp_avgs, exp_infs], steps,
+                                                                                     temporaries=0 if compiled else 1):
         if compiled:
             run_compiled(adamax_rule, [params_, grads_, exp_avgs_, exp_infs_], beta1=beta1, beta2=beta2, eps=eps,
                          step_size=lr / bias_correction(beta1, t))

@@ -89,7 +89,8 @@ def asgd_update(
 
     # Tensors with the same (eta, mu) take one foreach call; usually that is all of them.
     keys = [(eta.item(), mu.item()) for eta, mu in zip(etas, mus)]
-    for (params_, grads_, axs_), (eta, mu) in grouped([params, grads, axs], keys):
+    for (params_, grads_, axs_), (eta, mu) in grouped([params, grads, axs], keys,
+                                                                      temporaries=0 if compiled else 1):
         if compiled:
             run_compiled(asgd_rule, [params_, grads_, axs_], decay=1 - lambd * eta, eta=eta,
                          mu=mu if mu != 1 else None)

@@ -84,7 +84,7 @@ def nadam_update(
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     momentum_decay = check_nonnegative("momentum_decay", momentum_decay)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, mu_products_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_sqs, mu_products], steps
+        [params, grads, exp_avgs, exp_avg_sqs, mu_products], steps, temporaries=0 if compiled else 1
     ):
         mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))          # mu_t
         mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * momentum_decay)))

@@ -48,7 +48,7 @@ def radam_update(
     lr, eps = check_lr(lr), check_eps(eps)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_sqs], steps
+        [params, grads, exp_avgs, exp_avg_sqs], steps, temporaries=0 if compiled else 1
     ):
         rho_t, rho_inf = sma_length(beta2, t)
         rectified = rho_t > 5

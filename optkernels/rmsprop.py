@@ -74,7 +74,7 @@ def rmsprop_update(
     check_tensor_lists(optional=("grad_avgs", "momentum_buffers"), params=params, grads=grads,
                        square_avgs=square_avgs, grad_avgs=grad_avgs, momentum_buffers=momentum_buffers)
     for (params_, grads_, square_avgs_, grad_avgs_, buffers_), _ in grouped(
-        [params, grads, square_avgs, grad_avgs, momentum_buffers]
+        [params, grads, square_avgs, grad_avgs, momentum_buffers], temporaries=0 if compiled else 1
     ):
         if compiled:
             run_compiled(rmsprop_rule, [params_, grads_, square_avgs_, grad_avgs_, buffers_],

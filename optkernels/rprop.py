@@ -69,7 +69,8 @@ def rprop_update(
     check_tensor_lists(params=params, grads=grads, prevs=prevs, step_sizes=step_sizes)
     etaminus, etaplus = check_etas(etaminus, etaplus)
     step_size_min, step_size_max = check_step_size_bounds(step_size_min, step_size_max)
-    for (params_, grads_, prevs_, step_sizes_), _ in grouped([params, grads, prevs, step_sizes]):
+    for (params_, grads_, prevs_, step_sizes_), _ in grouped([params, grads, prevs, step_sizes],
+                                                                 temporaries=0 if compiled else 1):
         if compiled:
             run_compiled(rprop_rule, [params_, grads_, prevs_, step_sizes_], etaminus=etaminus, etaplus=etaplus,
                          step_size_min=step_size_min, step_size_max=step_size_max)

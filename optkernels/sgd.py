@@ -82,7 +82,7 @@ def _run_sgd_rule(params, grads, momentum_buffers, *, dampening, **scalars) -> N
         momentum_buffers[i] = torch.zeros_like(grads[i], memory_format=torch.preserve_format)
     for indices, dampening_ in (([i for i in range(len(params)) if i not in new], dampening), (sorted(new), 0.0)):
         lists = [None if lst is None else [lst[i] for i in indices] for lst in (params, grads, momentum_buffers)]
-        for lists_, _ in grouped(lists):
+        for lists_, _ in grouped(lists, temporaries=0):  # compiled rules allocate nothing
             run_compiled(sgd_rule, lists_, dampening=dampening_, **scalars)
 
 

@@ -182,6 +182,10 @@ class KernelOptimizer(Optimizer):
                 continue
             for param, new_state in created:
                 self.state[param].update(new_state)
+            if self.flat and not kernel_made and self._flatten(index, group, params, grads):
+                # packed before stepping, so that a compiled rule first meets the whole buffer
+                self._step_flat(group, tuple(self._flat_groups[index].buffers()))
+                continue
             step = state.pop("step", None)
             if step is not None:
                 torch._foreach_add_(step, 1)
@@ -189,7 +193,7 @@ class KernelOptimizer(Optimizer):
             for name in kernel_made:  # state the kernel created in place of None (SGD's buffers)
                 for param, tensor in zip(params, state[name]):
                     self.state[param][name] = tensor
-            if self.flat:
+            if self.flat:  # SGD's first step makes its buffers; pack them for the next
                 self._flatten(index, group, params, grads)
         return loss
 
@@ -201,6 +205,8 @@ class KernelOptimizer(Optimizer):
         scalar = [2] + [3 + names.index(name) for name in self.scalar_state_names if name in names]
         if kernel_made or not self.elementwise:  # the kernel fills lists we pass (SGD's first step)
             runs = [lists]
+        elif self.compiled and not group.get("maximize") and not group.get("weight_decay"):
+            runs = [lists]  # compiled rules allocate nothing: one call, not one per chunk
         else:
             runs = chunks(lists, _math.TEMPORARY_BYTES // _TEMPORARY_LISTS, shared=scalar)
         runs = list(runs)
@@ -248,11 +254,11 @@ class KernelOptimizer(Optimizer):
             self._update_in_chunks(group, params, grads, state, state.pop("step", None))
             buffers.advance()
 
-    def _flatten(self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        """After a step on lists: pack the group into flat buffers, where all of it can be."""
+    def _flatten(self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> bool:
+        """Pack the group's params with grads into flat buffers, if all of them can be."""
         self._flat_groups.pop(index, None)
         if not all(flattenable(param, grad) for param, grad in zip(params, grads)):
-            return
+            return False
         names = self._state_names(group)
         if self.counts_steps:
             names = ("step",) + names
@@ -266,10 +272,11 @@ class KernelOptimizer(Optimizer):
             param_states = [self.state[param] for param in run_params]
             state = {name: [param_state[name] for param_state in param_states] for name in names}
             if not FlatBuffers.uniform(state, self.scalar_state_names):
-                return
+                return False
             packed.append((positions, (run_params, [grads[i] for i in positions], state, param_states)))
         self._flat_groups[index] = FlatGroup.pack(group["params"], [
             (positions, FlatBuffers(*args, self.scalar_state_names)) for positions, args in packed])
+        return True
 
     def _collect(self, group: dict[str, Any]):
         self._check_group(group)
