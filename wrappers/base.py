@@ -259,15 +259,12 @@ class KernelOptimizer(Optimizer):
         self._flat_groups.pop(index, None)
         if not all(flattenable(param, grad) for param, grad in zip(params, grads)):
             return False
-        names = self._state_names(group)
-        if self.counts_steps:
-            names = ("step",) + names
+        names = self._all_state_names(group)
         runs: dict[tuple, list[int]] = {}
         for position, param in enumerate(params):
             runs.setdefault((param.device, param.dtype), []).append(position)
         packed = []
         for positions in runs.values():
-            
             run_params = [params[i] for i in positions]
             param_states = [self.state[param] for param in run_params]
             state = {name: [param_state[name] for param_state in param_states] for name in names}
@@ -281,9 +278,7 @@ class KernelOptimizer(Optimizer):
     def _collect(self, group: dict[str, Any]):
         self._check_group(group)
         self._check_grads(group)
-        names = self._state_names(group)
-        if self.counts_steps:
-            names = ("step",) + names
+        names = self._all_state_names(group)
         params, grads = [], []
         state: dict[str, list] = {name: [] for name in names}
         created, kernel_made = [], set()
@@ -314,6 +309,9 @@ class KernelOptimizer(Optimizer):
                            params=params, grads=grads, **shaped)
         check_scalar_lists(len(params), **{name: state[name] for name in self.scalar_state_names if name in state})
         return params, grads, state, created, kernel_made
+
+    def _all_state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("step",) + self._state_names(group) if self.counts_steps else self._state_names(group)
 
     def _new_state(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor | None:
         if name == "step":
