@@ -209,17 +209,23 @@ def test_deepcopy_keeps_flat_and_steps_alike():
         torch.testing.assert_close(mine, theirs, **EXACT)
 
 
-def test_mixed_dtypes_get_one_buffer_each():
+def _last_layer_moved(move):
+    """A flat Adam and torch's over models whose last layer ``move`` puts elsewhere, 3 steps."""
     ours_model, torch_model = _model(), _model()
-    ours_model[2].double()
-    torch_model[2].double()
+    move(ours_model[2])
+    move(torch_model[2])
     ours = wrappers.Adam(ours_model.parameters(), lr=0.01, flat=True)
     reference = torch.optim.Adam(torch_model.parameters(), lr=0.01, foreach=True)
     for step in range(3):
         for model, optimizer in ((ours_model, ours), (torch_model, reference)):
             optimizer.zero_grad()
-            sum(p.sum() * (step + 1) for p in model.parameters()).backward()
+            sum(p.sum().cpu() * (step + 1) for p in model.parameters()).backward()
             optimizer.step()
+    return ours_model, ours, torch_model, reference
+
+
+def test_mixed_dtypes_get_one_buffer_each():
+    ours_model, ours, torch_model, reference = _last_layer_moved(nn.Module.double)
     assert sorted(str(b.param_buffer.dtype) for b in _flat_buffers(ours)) == ["torch.float32", "torch.float64"]
     _assert_same(ours_model, ours, torch_model, reference)
 
@@ -270,16 +276,7 @@ def test_options_must_be_bools(option):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
 def test_params_on_two_devices_get_one_buffer_each():
-    ours_model, torch_model = _model(), _model()
-    ours_model[2].cuda()
-    torch_model[2].cuda()
-    ours = wrappers.Adam(ours_model.parameters(), lr=0.01, flat=True)
-    reference = torch.optim.Adam(torch_model.parameters(), lr=0.01, foreach=True)
-    for step in range(3):
-        for model, optimizer in ((ours_model, ours), (torch_model, reference)):
-            optimizer.zero_grad()
-            sum(p.sum().cpu() * (step + 1) for p in model.parameters()).backward()
-            optimizer.step()
+    ours_model, ours, torch_model, reference = _last_layer_moved(nn.Module.cuda)
     assert sorted(b.param_buffer.device.type for b in _flat_buffers(ours)) == ["cpu", "cuda"]
     for mine, theirs in zip(ours_model.parameters(), torch_model.parameters()):
         torch.testing.assert_close(mine, theirs)
