@@ -205,7 +205,7 @@ class KernelOptimizer(Optimizer):
         scalar = [2] + [3 + names.index(name) for name in self.scalar_state_names if name in names]
         if kernel_made or not self.elementwise:  # the kernel fills lists we pass (SGD's first step)
             runs = [lists]
-        elif self.compiled and not group.get("maximize") and not group.get("weight_decay"):
+        elif self.compiled and not self._allocates(group):
             runs = [lists]  # compiled rules allocate nothing: one call, not one per chunk
         else:
             runs = chunks(lists, _math.TEMPORARY_BYTES // _TEMPORARY_LISTS, shared=scalar)
@@ -217,6 +217,13 @@ class KernelOptimizer(Optimizer):
             if group.get("maximize", False):
                 grads_ = torch._foreach_neg(grads_)
             self._update(group, params_, grads_, dict(zip(names, state_)), step_)
+
+    @staticmethod
+    def _allocates(group: dict[str, Any]) -> bool:
+        """Whether ``_update`` makes param-sized tensors besides the kernel's own: the negated grads
+        of ``maximize``, or coupled weight decay's new grads (decoupled decay scales in place)."""
+        coupled_decay = group.get("weight_decay", 0) != 0 and not group.get("decoupled_weight_decay", False)
+        return bool(group.get("maximize", False)) or coupled_decay
 
     @staticmethod
     def _restore(before: dict[int, Tensor], scalar_lists: list[list[Tensor]]) -> None:
