@@ -10,6 +10,9 @@ wrappers' ``flat=True``) that is one fused pass over memory per step.
 
 Where ``torch.compile`` cannot run (no dynamo for this Python, no C++ compiler), the rule runs
 eagerly, after one warning: the same numbers, without the speed.
+
+A ``param_scale`` (decoupled weight decay's factor, 1 - lr * weight_decay) multiplies each param in
+the same compiled pass as the update, so AdamW reads and writes its params once per step.
 """
 
 import functools
@@ -23,13 +26,18 @@ from torch._prims_common import is_non_overlapping_and_dense_or_false
 Rule = Callable[..., None]
 
 
-def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], **scalars: float | bool | None) -> None:
+def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], *,
+                 param_scale: float | None = None, **scalars: float | bool | None) -> None:
     """``rule(*tensors, **scalars)`` for each position of the parallel lists, compiled.
 
     ``None`` lists give ``None``. Numbers in ``scalars`` become 0-d float64 tensors on the CPU,
     which a compiled kernel on any device reads as scalars, so their values never recompile;
-    ``bool`` and ``None`` pass as they are: they choose a branch, one graph each.
+    ``bool`` and ``None`` pass as they are: they choose a branch, one graph each. A
+    ``param_scale`` multiplies the param first, in the same graph (a value of 1 too: an lr
+    schedule that reaches 0 must not switch graphs).
     """
+    if param_scale is not None:
+        rule, scalars = _scaling_param_first(rule), dict(scalars, param_scale=param_scale)
     scalar_tensors = {name: value if value is None or isinstance(value, bool)
                       else torch.tensor(value, dtype=torch.float64) for name, value in scalars.items()}
     count = len(tensor_lists[0])
@@ -56,6 +64,15 @@ def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
         grad = torch.empty_like(param).copy_(grad)
     return tuple(None if t is None else t.as_strided((t.numel(),), (1,), t.storage_offset())
                  for t in (param, grad, *state))
+
+
+@functools.cache
+def _scaling_param_first(rule: Rule) -> Rule:
+    def scaled_rule(param, *tensors, param_scale, **scalars):
+        param.mul_(param_scale)
+        rule(param, *tensors, **scalars)
+    scaled_rule.__name__ = scaled_rule.__qualname__ = f"{rule.__name__}_after_param_scale"
+    return scaled_rule
 
 
 @functools.cache

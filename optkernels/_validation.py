@@ -40,6 +40,13 @@ def check_nonnegative(name: str, value, label: str | None = None) -> float:
     return number
 
 
+def check_finite(name: str, value) -> float:
+    number = as_float(value, name)
+    if not math.isfinite(number):
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be finite)")
+    return number
+
+
 def check_beta(name: str, value, index: int | None = None) -> float:
     """``value`` lies in [0, 1)."""
     number = as_float(value, name)

@@ -7,7 +7,8 @@ from torch import Tensor
 
 from ._compiled import run_compiled
 from ._math import bias_correction, grouped, scale_, sma_length
-from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, optional_list, step_values
+from ._validation import (check_beta, check_eps, check_finite, check_lr, check_tensor_lists, optional_list,
+                          step_values)
 
 
 def adabelief_update(
@@ -25,6 +26,7 @@ def adabelief_update(
     rectify: bool = True,
     degenerated_to_sgd: bool = True,
     compiled: bool = False,
+    param_scale: float | None = None,
 ) -> None:
     r"""AdaBelief step, in place, on lists of tensors; AMSGrad when ``max_exp_avg_vars`` is given.
 
@@ -64,6 +66,8 @@ def adabelief_update(
     Mutates params, exp_avgs, exp_avg_vars (and max_exp_avg_vars). Never grads. With
     ``compiled=True`` it runs :func:`adabelief_rule` per tensor, compiled (see
     ``optkernels._compiled``): one pass over memory, equal to the foreach path to rounding.
+    ``param_scale`` multiplies params first: the official decoupled (or fixed) weight decay in
+    the same pass (:func:`~optkernels.weight_decay.decoupled_scale`); None leaves params alone.
 
     Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients", NeurIPS 2020; https://github.com/juntang-zhuang/Adabelief-Optimizer.
@@ -73,6 +77,7 @@ def adabelief_update(
                                exp_avg_vars=exp_avg_vars, max_exp_avg_vars=max_exp_avg_vars)
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
+    param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     for (params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_), t in grouped(
         [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps, temporaries=0 if compiled else 1
@@ -83,9 +88,12 @@ def adabelief_update(
                 factor, adaptive = _rectification(t, beta1, beta2)
                 step_size = factor * lr if adaptive or degenerated_to_sgd else None
             run_compiled(adabelief_rule, [params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_],
-                         beta1=beta1, beta2=beta2, eps=eps, rectify=rectify, adaptive=adaptive, step_size=step_size,
+                         param_scale=param_scale, beta1=beta1, beta2=beta2, eps=eps, rectify=rectify,
+                         adaptive=adaptive, step_size=step_size,
                          bias_correction2_sqrt=math.sqrt(bias_correction(beta2, t)))
             continue
+        if param_scale is not None:
+            scale_(params_, param_scale)                                     # decoupled decay
         scale_(exp_avgs_, beta1)                                             # m_t
         torch._foreach_add_(exp_avgs_, grads_, alpha=1 - beta1)
         residuals = torch._foreach_sub(grads_, exp_avgs_)                   # g_t - m_t

@@ -5,7 +5,8 @@ from torch import Tensor
 
 from ._compiled import run_compiled
 from ._math import bias_correction, grouped, scale_
-from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, optional_list, step_values
+from ._validation import (check_beta, check_eps, check_finite, check_lr, check_tensor_lists, optional_list,
+                          step_values)
 
 
 def adam_update(
@@ -21,6 +22,7 @@ def adam_update(
     beta2: float = 0.999,
     eps: float = 1e-8,
     compiled: bool = False,
+    param_scale: float | None = None,
 ) -> None:
     r"""Adam step, in place, on lists of tensors; AMSGrad when ``max_exp_avg_sqs`` is given.
 
@@ -39,9 +41,12 @@ def adam_update(
         lr, beta1, beta2, eps: as in ``torch.optim.Adam``; ``lr`` may be a 1-element tensor.
         compiled: run :func:`adam_rule` per tensor, compiled (see ``optkernels._compiled``):
             one pass over memory, equal to the foreach path to rounding.
+        param_scale: multiply params by this first: AdamW's decoupled weight decay in the same
+            pass (:func:`~optkernels.weight_decay.decoupled_scale`); None leaves params alone.
 
     Mutates params, exp_avgs, exp_avg_sqs (and max_exp_avg_sqs). Never grads. Weight decay
-    is composed in front: ``grads = weight_decay_l2(params, grads, ...)``.
+    is composed in front: ``grads = weight_decay_l2(params, grads, ...)``, or, decoupled,
+    passed as ``param_scale``.
     The op order is torch.optim.Adam's, so results equal it bit for bit on CPU.
 
     Example:
@@ -61,15 +66,19 @@ def adam_update(
                                exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=max_exp_avg_sqs)
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
+    param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_), t in grouped(
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], steps, temporaries=0 if compiled else 1
     ):
         if compiled:
             run_compiled(adam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_],
-                         beta1=beta1, beta2=beta2, eps=eps, step_size=lr / bias_correction(beta1, t),
+                         param_scale=param_scale, beta1=beta1, beta2=beta2, eps=eps,
+                         step_size=lr / bias_correction(beta1, t),
                          bias_correction2_sqrt=bias_correction(beta2, t) ** 0.5)
             continue
+        if param_scale is not None:
+            scale_(params_, param_scale)                                     # decoupled decay
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         scale_(exp_avg_sqs_, beta2)                                          # v_t
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)

@@ -8,6 +8,7 @@ from ._math import bias_correction, grouped, scale_
 from ._validation import (
     check_beta,
     check_eps,
+    check_finite,
     check_lr,
     check_nonnegative,
     check_scalar_lists,
@@ -30,6 +31,7 @@ def nadam_update(
     eps: float = 1e-8,
     momentum_decay: float = 4e-3,
     compiled: bool = False,
+    param_scale: float | None = None,
 ) -> None:
     r"""NAdam step, in place, on lists of tensors.
 
@@ -58,9 +60,12 @@ def nadam_update(
             1-element tensor.
         compiled: run :func:`nadam_rule` per tensor, compiled (see ``optkernels._compiled``);
             ``mu_products`` are updated as above, outside the rule.
+        param_scale: multiply params by this first: NAdamW's decoupled weight decay in the same
+            pass (:func:`~optkernels.weight_decay.decoupled_scale`); None leaves params alone.
 
     Mutates params, exp_avgs, exp_avg_sqs and mu_products. Never grads. Weight decay (coupled,
-    or NAdamW's decoupled) is composed in front: ``grads = weight_decay_l2(params, grads, ...)``.
+    or NAdamW's decoupled) is composed in front: ``grads = weight_decay_l2(params, grads, ...)``,
+    or, decoupled, passed as ``param_scale``.
     The op order is ``torch.optim.NAdam(foreach=True)``'s, which it equals bit for bit on CPU;
     torch's for-loop path computes :math:`d_t` as :math:`\sqrt{v_t/(1-\beta_2^t)} + \epsilon`
     (equal to rounding).
@@ -81,6 +86,7 @@ def nadam_update(
     check_scalar_lists(count, mu_products=mu_products)
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
+    param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     momentum_decay = check_nonnegative("momentum_decay", momentum_decay)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, mu_products_), t in grouped(
@@ -91,9 +97,11 @@ def nadam_update(
         torch._foreach_mul_(mu_products_, mu)                                # Pi_t, rounded as stored
         if compiled:
             _run_nadam_rule([params_, grads_, exp_avgs_, exp_avg_sqs_], mu_products_, lr=lr, beta1=beta1,
-                            beta2=beta2, eps=eps, mu=mu, mu_next=mu_next,
+                            beta2=beta2, eps=eps, mu=mu, mu_next=mu_next, param_scale=param_scale,
                             bias_correction2_sqrt=bias_correction(beta2, t) ** 0.5)
             continue
+        if param_scale is not None:
+            scale_(params_, param_scale)                                     # decoupled decay
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         scale_(exp_avg_sqs_, beta2)                                          # v_t
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)

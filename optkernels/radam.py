@@ -5,7 +5,7 @@ from torch import Tensor
 
 from ._compiled import run_compiled
 from ._math import bias_correction, grouped, scale_, sma_length
-from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
+from ._validation import check_beta, check_eps, check_finite, check_lr, check_tensor_lists, step_values
 
 
 def radam_update(
@@ -20,6 +20,7 @@ def radam_update(
     beta2: float = 0.999,
     eps: float = 1e-8,
     compiled: bool = False,
+    param_scale: float | None = None,
 ) -> None:
     r"""RAdam step, in place, on lists of tensors.
 
@@ -36,7 +37,8 @@ def radam_update(
             1 & \text{otherwise (an SGD-with-momentum step)}
         \end{cases}
 
-    Arguments as :func:`adam_update` (no AMSGrad; ``compiled`` runs :func:`radam_rule`). Mutates
+    Arguments as :func:`adam_update` (no AMSGrad; ``compiled`` runs :func:`radam_rule`;
+    ``param_scale`` is RAdamW's decoupled weight decay, in the same pass). Mutates
     params, exp_avgs and exp_avg_sqs. Never grads. The op order is ``torch.optim.RAdam(foreach=True)``'s,
     which it equals bit for bit on CPU; torch's for-loop path orders the ops differently (equal to
     rounding).
@@ -46,6 +48,7 @@ def radam_update(
     count = check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
+    param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_), t in grouped(
         [params, grads, exp_avgs, exp_avg_sqs], steps, temporaries=0 if compiled else 1
@@ -59,9 +62,11 @@ def radam_update(
         else:
             step_size = lr / bias_correction(beta1, t)
         if compiled:
-            run_compiled(radam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_], beta1=beta1, beta2=beta2,
-                         eps=eps, rectified=rectified, step_size=step_size)
+            run_compiled(radam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_], param_scale=param_scale,
+                         beta1=beta1, beta2=beta2, eps=eps, rectified=rectified, step_size=step_size)
             continue
+        if param_scale is not None:
+            scale_(params_, param_scale)                                     # decoupled decay
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         scale_(exp_avg_sqs_, beta2)                                          # v_t
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, 1 - beta2)

@@ -52,10 +52,17 @@ def weight_decay_l2(
         return grads
     if not decoupled:
         return list(torch._foreach_add(grads, params, alpha=weight_decay))
-    factor = 1 - weight_decay if fixed else 1 - lr * weight_decay
     for (params_,), _ in grouped([params]):  # scale_ rounds per dtype
-        scale_(params_, factor)
+        scale_(params_, decoupled_scale(weight_decay, lr, fixed=fixed))
     return grads
+
+
+def decoupled_scale(weight_decay: float, lr: float | None, *, fixed: bool = False) -> float:
+    """The factor decoupled L2 decay scales params by: ``1 - lr * weight_decay``, or
+    ``1 - weight_decay`` when ``fixed``. Pass it as a kernel's ``param_scale`` to decay in the
+    kernel's own pass (one pass over memory with ``compiled=True``) instead of calling
+    :func:`weight_decay_l2` first; the numbers are the same."""
+    return 1 - weight_decay if fixed else 1 - lr * weight_decay
 
 
 def weight_decay_l1(

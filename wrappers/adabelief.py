@@ -1,6 +1,6 @@
 """AdaBelief, with the options of the official adabelief-pytorch and torch.optim's conventions."""
 
-from optkernels import adabelief_update, weight_decay_l2
+from optkernels import adabelief_update
 
 from .base import KernelOptimizer
 
@@ -26,10 +26,9 @@ class AdaBelief(KernelOptimizer):
         super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
-        decoupled = group["decoupled_weight_decay"]
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
-                                decoupled=decoupled, fixed=decoupled and group["fixed_decay"])
+        grads, param_scale = self._weight_decay(group, params, grads, fixed=group["fixed_decay"])
         adabelief_update(params, grads, state["exp_avg"], state["exp_avg_var"], state.get("max_exp_avg_var"),
                          step=step, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
                          eps=group["eps"], rectify=group["rectify"],
-                         degenerated_to_sgd=group["degenerated_to_sgd"], compiled=self.compiled)
+                         degenerated_to_sgd=group["degenerated_to_sgd"], compiled=self.compiled,
+                         param_scale=param_scale)

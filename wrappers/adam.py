@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from optkernels import adam_update, weight_decay_l2
+from optkernels import adam_update
 
 from .base import KernelOptimizer
 
@@ -36,11 +36,10 @@ class Adam(KernelOptimizer):
         super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
-                                decoupled=group["decoupled_weight_decay"])
+        grads, param_scale = self._weight_decay(group, params, grads)
         adam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
                     step=step, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                    eps=group["eps"], compiled=self.compiled)
+                    eps=group["eps"], compiled=self.compiled, param_scale=param_scale)
 
 
 class AdamW(Adam):

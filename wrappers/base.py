@@ -20,6 +20,7 @@ from optkernels._validation import (
     check_scalar_lists,
     check_tensor_lists,
 )
+from optkernels.weight_decay import decoupled_scale, weight_decay_l2
 
 TORCH_ONLY_SWITCHES = ("capturable", "differentiable", "fused")
 # Param-sized lists one chunk of a step may allocate at once: maximize's negated grads, coupled
@@ -112,6 +113,18 @@ class KernelOptimizer(Optimizer):
     def _init_state(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor | None:
         """A new state tensor; ``None`` lets the kernel create it on the first step."""
         return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    @staticmethod
+    def _weight_decay(group: dict[str, Any], params: list[Tensor], grads: list[Tensor], *,
+                      fixed: bool = False) -> tuple[list[Tensor], float | None]:
+        """The grads the kernel should use and its ``param_scale``: coupled L2 decay makes new
+        grads; decoupled decay (``fixed``: lr-free) is a factor the kernel applies in its own pass,
+        which with ``compiled`` is the update's pass."""
+        if not group["weight_decay"]:
+            return grads, None
+        if group.get("decoupled_weight_decay", False):
+            return grads, decoupled_scale(group["weight_decay"], group["lr"], fixed=fixed)
+        return weight_decay_l2(params, grads, weight_decay=group["weight_decay"]), None
 
     # --- the machinery -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:

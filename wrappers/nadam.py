@@ -2,7 +2,7 @@
 
 import torch
 
-from optkernels import nadam_update, weight_decay_l2
+from optkernels import nadam_update
 from optkernels._validation import check_nonnegative
 
 from .base import KernelOptimizer, _scalar_dtype
@@ -43,8 +43,7 @@ class NAdam(KernelOptimizer):
                 param_state["mu_product"] = torch.tensor(param_state["mu_product"], dtype=_scalar_dtype())
 
     def _update(self, group, params, grads, state, step):
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
-                                decoupled=group["decoupled_weight_decay"])
+        grads, param_scale = self._weight_decay(group, params, grads)
         nadam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], state["mu_product"], step=step,
                      lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-                     momentum_decay=group["momentum_decay"], compiled=self.compiled)
+                     momentum_decay=group["momentum_decay"], compiled=self.compiled, param_scale=param_scale)

@@ -1,6 +1,6 @@
 """RAdam, a drop-in for torch.optim.RAdam."""
 
-from optkernels import radam_update, weight_decay_l2
+from optkernels import radam_update
 
 from .base import KernelOptimizer
 
@@ -19,7 +19,7 @@ class RAdam(KernelOptimizer):
         super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"], lr=group["lr"],
-                                decoupled=group["decoupled_weight_decay"])
+        grads, param_scale = self._weight_decay(group, params, grads)
         radam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], step=step, lr=group["lr"],
-                     beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"], compiled=self.compiled)
+                     beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"], compiled=self.compiled,
+                     param_scale=param_scale)

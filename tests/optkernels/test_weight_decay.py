@@ -1,9 +1,12 @@
-"""``weight_decay_l2``: each mode against its formula, written out per tensor."""
+"""``weight_decay_l2``: each mode against its formula, written out per tensor; the kernels'
+``param_scale`` against ``weight_decay_l2`` composed in front."""
 
 import pytest
 import torch
 
+import optkernels
 from optkernels import weight_decay_l2
+from optkernels.weight_decay import decoupled_scale
 
 WD, LR = 0.1, 0.5
 
@@ -50,3 +53,47 @@ def test_zero_weight_decay_is_a_no_op(options):
     params_before = [p.clone() for p in params]
     assert weight_decay_l2(params, grads, weight_decay=0.0, **options) is grads
     assert all(torch.equal(p, p0) for p, p0 in zip(params, params_before))
+
+
+# Kernels with a ``param_scale``: decoupled decay applied in the kernel's own pass.
+def _states(name, params):
+    zeros = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+    return zeros + [[torch.tensor(1.0) for _ in params]] if name == "nadam" else zeros
+
+
+SCALED_KERNELS = {name: getattr(optkernels, f"{name}_update") for name in ("adam", "radam", "nadam", "adabelief")}
+
+
+def _decayed_steps(name, dtype, *, fused, compiled=False, steps=7):
+    """``steps`` steps of AdamW-style decay (to step 7: RAdam and AdaBelief rectify from step 6),
+    either through ``param_scale`` or as ``weight_decay_l2`` composed in front."""
+    params, grads = _tensors(dtype)
+    states = _states(name, params)
+    for step in range(1, steps + 1):
+        if fused:
+            SCALED_KERNELS[name](params, grads, *states, step=step, lr=LR, compiled=compiled,
+                                 param_scale=decoupled_scale(WD, LR))
+        else:
+            decayed = weight_decay_l2(params, grads, weight_decay=WD, lr=LR, decoupled=True)
+            SCALED_KERNELS[name](params, decayed, *states, step=step, lr=LR)
+    return params
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", SCALED_KERNELS)
+def test_param_scale_is_decoupled_decay_in_the_kernels_pass(name, dtype):
+    composed = _decayed_steps(name, dtype, fused=False)
+    for ours, reference in zip(_decayed_steps(name, dtype, fused=True), composed):
+        assert torch.equal(ours, reference)  # the same scale_, in the same place
+    for ours, reference in zip(_decayed_steps(name, dtype, fused=True, compiled=True), composed):
+        torch.testing.assert_close(ours, reference)  # one pass, rounded as inductor rounds
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.9"])
+@pytest.mark.parametrize("name", SCALED_KERNELS)
+def test_bad_param_scale_is_named_and_changes_nothing(name, bad):
+    params, grads = _tensors()
+    before = [p.clone() for p in params]
+    with pytest.raises((ValueError, TypeError), match="param_scale"):
+        SCALED_KERNELS[name](params, grads, *_states(name, params), step=1, lr=LR, param_scale=bad)
+    assert all(torch.equal(p, p0) for p, p0 in zip(params, before))
