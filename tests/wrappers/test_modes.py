@@ -98,6 +98,26 @@ def test_flat_compiled_step_allocates_next_to_nothing(name):
     assert peak_extra_bytes(optimizer.step, CPU) < 64 * 1024
 
 
+DECOUPLED_DECAY = {"AdamW": {}, "Adam": dict(decoupled_weight_decay=True), "RAdam": dict(decoupled_weight_decay=True),
+                   "NAdam": dict(decoupled_weight_decay=True), "AdaBelief": dict(fixed_decay=True)}
+
+
+@pytest.mark.parametrize("name", DECOUPLED_DECAY)
+def test_flat_compiled_step_with_decoupled_decay_is_one_pass(name):
+    """The decay is inside the compiled rule: outside it, no op reads or writes the buffers."""
+    params = _params([(256, 256)] * 8)
+    optimizer = getattr(wrappers, name)(params, **DECOUPLED_DECAY[name], weight_decay=0.1, flat=True,
+                                        compiled=True)
+    for _ in range(2):
+        optimizer.step()
+    with torch.profiler.profile(record_shapes=True) as profile:
+        optimizer.step()
+    buffer_shape = [sum(param.numel() for param in params)]
+    views = ("aten::detach", "detach", "aten::as_strided")
+    passes = {event.name for event in profile.events() if buffer_shape in event.input_shapes} - set(views)
+    assert not passes
+
+
 def test_kernels_chunk_their_own_temporaries(monkeypatch):
     budget = MiB
     monkeypatch.setattr(optkernels._math, "TEMPORARY_BYTES", budget)
