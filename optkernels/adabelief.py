@@ -90,7 +90,7 @@ def adabelief_update(
             run_compiled(adabelief_rule, [params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_],
                          param_scale=param_scale, beta1=beta1, beta2=beta2, eps=eps, rectify=rectify,
                          adaptive=adaptive, step_size=step_size,
-                         bias_correction2_sqrt=math.sqrt(bias_correction(beta2, t)))
+                         rsqrt_bias_correction2=1 / math.sqrt(bias_correction(beta2, t)))
             continue
         if param_scale is not None:
             scale_(params_, param_scale)                                     # decoupled decay
@@ -136,7 +136,7 @@ def _rectified_step(params, exp_avgs, exp_avg_vars, t, lr, beta1, beta2, eps, de
 
 
 def adabelief_rule(param, grad, exp_avg, exp_avg_var, max_exp_avg_var, *, beta1, beta2, eps, rectify, adaptive,
-                   step_size, bias_correction2_sqrt) -> None:
+                   step_size, rsqrt_bias_correction2) -> None:
     """:func:`adabelief_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors.
     ``step_size`` is :math:`\\alpha/(1-\\beta_1^t)`, times the rectification term when ``rectify``;
     ``adaptive=False`` is rectification's early SGD step and ``step_size=None`` its no-update step
@@ -154,4 +154,4 @@ def adabelief_rule(param, grad, exp_avg, exp_avg_var, max_exp_avg_var, *, beta1,
         param.sub_(exp_avg / (exp_avg_var.sqrt() + eps) * step_size)
     else:
         second_moment = exp_avg_var if max_exp_avg_var is None else max_exp_avg_var
-        param.sub_(exp_avg / (second_moment.sqrt() / bias_correction2_sqrt + eps) * step_size)
+        param.sub_(exp_avg / (second_moment.sqrt() * rsqrt_bias_correction2 + eps) * step_size)

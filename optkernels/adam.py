@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._compiled import run_compiled
+from ._compiled import lerp_, run_compiled
 from ._math import bias_correction, grouped, scale_
 from ._validation import (check_beta, check_eps, check_finite, check_lr, check_tensor_lists, optional_list,
                           step_values)
@@ -75,7 +75,7 @@ def adam_update(
             run_compiled(adam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_],
                          param_scale=param_scale, beta1=beta1, beta2=beta2, eps=eps,
                          step_size=lr / bias_correction(beta1, t),
-                         bias_correction2_sqrt=bias_correction(beta2, t) ** 0.5)
+                         rsqrt_bias_correction2=bias_correction(beta2, t) ** -0.5)
             continue
         if param_scale is not None:
             scale_(params_, param_scale)                                     # decoupled decay
@@ -92,12 +92,13 @@ def adam_update(
 
 
 def adam_rule(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, beta1, beta2, eps, step_size,
-              bias_correction2_sqrt) -> None:
+              rsqrt_bias_correction2) -> None:
     """:func:`adam_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors,
-    ``step_size`` is :math:`\\alpha/(1-\\beta_1^t)`, the bias corrections are computed outside."""
-    exp_avg.lerp_(grad, 1 - beta1)
+    ``step_size`` is :math:`\\alpha/(1-\\beta_1^t)`, the bias corrections are computed outside
+    (the second as :math:`1/\\sqrt{1-\\beta_2^t}`: a multiply costs less than a divide per element)."""
+    lerp_(exp_avg, grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad * (1 - beta2))
     if max_exp_avg_sq is not None:
         exp_avg_sq = max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq, exp_avg_sq))
-    denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    denom = exp_avg_sq.sqrt() * rsqrt_bias_correction2 + eps
     param.sub_(exp_avg / denom * step_size)

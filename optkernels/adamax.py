@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._compiled import run_compiled
+from ._compiled import lerp_, run_compiled
 from ._math import bias_correction, grouped, scale_
 from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
 
@@ -76,6 +76,6 @@ def adamax_update(
 def adamax_rule(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, step_size) -> None:
     """:func:`adamax_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors,
     ``step_size`` is :math:`\\gamma/(1-\\beta_1^t)`."""
-    exp_avg.lerp_(grad, 1 - beta1)
+    lerp_(exp_avg, grad, 1 - beta1)
     exp_inf.copy_(torch.maximum(exp_inf * beta2, grad.abs() + eps))
     param.sub_(exp_avg / exp_inf * step_size)

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._compiled import run_compiled
+from ._compiled import lerp_, run_compiled
 from ._math import bias_correction, grouped, scale_
 from ._validation import (
     check_beta,
@@ -98,7 +98,7 @@ def nadam_update(
         if compiled:
             _run_nadam_rule([params_, grads_, exp_avgs_, exp_avg_sqs_], mu_products_, lr=lr, beta1=beta1,
                             beta2=beta2, eps=eps, mu=mu, mu_next=mu_next, param_scale=param_scale,
-                            bias_correction2_sqrt=bias_correction(beta2, t) ** 0.5)
+                            rsqrt_bias_correction2=bias_correction(beta2, t) ** -0.5)
             continue
         if param_scale is not None:
             scale_(params_, param_scale)                                     # decoupled decay
@@ -127,12 +127,12 @@ def _run_nadam_rule(tensor_lists, mu_products, *, lr, mu, mu_next, **scalars) ->
                      momentum_step_size=lr * mu_next / (1.0 - product * mu_next))
 
 
-def nadam_rule(param, grad, exp_avg, exp_avg_sq, *, beta1, beta2, eps, bias_correction2_sqrt, grad_step_size,
+def nadam_rule(param, grad, exp_avg, exp_avg_sq, *, beta1, beta2, eps, rsqrt_bias_correction2, grad_step_size,
                momentum_step_size) -> None:
     """:func:`nadam_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors.
     The step sizes, :math:`\\gamma (1-\\mu_t)/(1-\\Pi_t)` and
     :math:`\\gamma \\mu_{t+1}/(1-\\Pi_t \\mu_{t+1})`, are computed outside from ``mu_product``."""
-    exp_avg.lerp_(grad, 1 - beta1)
+    lerp_(exp_avg, grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad * (1 - beta2))
-    denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
-    param.sub_(grad / denom * grad_step_size).sub_(exp_avg / denom * momentum_step_size)
+    denom = exp_avg_sq.sqrt() * rsqrt_bias_correction2 + eps
+    param.sub_((grad * grad_step_size + exp_avg * momentum_step_size) / denom)

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._compiled import run_compiled
+from ._compiled import lerp_, run_compiled
 from ._math import bias_correction, grouped, scale_, sma_length
 from ._validation import check_beta, check_eps, check_finite, check_lr, check_tensor_lists, step_values
 
@@ -86,7 +86,7 @@ def radam_rule(param, grad, exp_avg, exp_avg_sq, *, beta1, beta2, eps, rectified
     """:func:`radam_update` on one tensor, the form ``compiled=True`` runs; scalars are 0-d tensors.
     ``step_size`` is :math:`\\alpha r_t \\sqrt{1-\\beta_2^t}/(1-\\beta_1^t)` when ``rectified``
     (:math:`\\rho_t > 5`, decided outside), else :math:`\\alpha/(1-\\beta_1^t)`."""
-    exp_avg.lerp_(grad, 1 - beta1)
+    lerp_(exp_avg, grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad * (1 - beta2))
     if rectified:
         param.sub_(exp_avg / (exp_avg_sq.sqrt() + eps) * step_size)

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from ._compiled import run_compiled
+from ._compiled import lerp_, run_compiled
 from ._math import grouped, scale_
 from ._validation import as_float, check_eps, check_lr, check_nonnegative, check_tensor_lists, optional_list
 
@@ -111,7 +111,7 @@ def rmsprop_rule(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alph
     tensors; a ``None`` ``grad_avg`` or ``momentum_buffer`` drops that branch."""
     square_avg.mul_(alpha).addcmul_(grad, grad * (1 - alpha))
     if grad_avg is not None:
-        grad_avg.lerp_(grad, 1 - alpha)
+        lerp_(grad_avg, grad, 1 - alpha)
         denom = (square_avg - grad_avg * grad_avg).sqrt() + eps
     else:
         denom = square_avg.sqrt() + eps
