@@ -1,7 +1,7 @@
 """The one class that knows about param groups and per-parameter state."""
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -49,6 +49,11 @@ _HPARAM_CHECKS: dict[str, Callable[[Any], Any]] = {
 def _scalar_dtype() -> torch.dtype:
     # torch.optim keeps `step` as a float tensor of this dtype, so checkpoints match
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class _FlatBatch(NamedTuple):
+    buffers: list[FlatBuffers]
+    gather: bool  # some grads are not the buffer's views (replaced, or made by autograd)
 
 
 class KernelOptimizer(Optimizer):
@@ -187,8 +192,8 @@ class KernelOptimizer(Optimizer):
         batches = [self._flat_batch(index, group) or self._collect(group)
                    for index, group in enumerate(self.param_groups)]
         for index, (group, batch) in enumerate(zip(self.param_groups, batches)):
-            if isinstance(batch[0], FlatBuffers):
-                self._step_flat(group, batch)
+            if isinstance(batch, _FlatBatch):
+                self._step_flat(group, batch.buffers, gather=batch.gather)
                 continue
             params, grads, state, created, kernel_made = batch
             if not params:
@@ -197,7 +202,7 @@ class KernelOptimizer(Optimizer):
                 self.state[param].update(new_state)
             if self.flat and not kernel_made and self._flatten(index, group, params, grads):
                 # packed before stepping, so that a compiled rule first meets the whole buffer
-                self._step_flat(group, tuple(self._flat_groups[index].buffers()))
+                self._step_flat(group, self._flat_groups[index].buffers(), gather=False)
                 continue
             step = state.pop("step", None)
             if step is not None:
@@ -248,26 +253,27 @@ class KernelOptimizer(Optimizer):
                     before[id(tensor)] = tensor.clone()
 
     # --- flat storage --------------------------------------------------------------------------
-    def _flat_batch(self, index: int, group: dict[str, Any]):
-        """``(buffers...)`` when every param with a grad is in this group's flat buffers, else None."""
+    def _flat_batch(self, index: int, group: dict[str, Any]) -> "_FlatBatch | None":
+        """This group's flat buffers when every param with a grad is in them, else None."""
         flat_group = self._flat_groups.get(index)
         if flat_group is None:
             return None
         self._check_group(group)
         self._check_grads(group)
         if flat_group.untouched(group["params"]):
-            return tuple(flat_group.buffers())
+            return _FlatBatch(flat_group.buffers(), gather=False)
         with_grads = [param for param in group["params"] if param.grad is not None]
         if len(with_grads) != flat_group.count:
             return None
         for positions, buffers in flat_group.runs:
             if not buffers.holds([with_grads[i] for i in positions]) or not buffers.grads_gatherable():
                 return None
-        return tuple(flat_group.buffers())
+        return _FlatBatch(flat_group.buffers(), gather=True)
 
-    def _step_flat(self, group: dict[str, Any], flat_buffers: tuple[FlatBuffers, ...]) -> None:
+    def _step_flat(self, group: dict[str, Any], flat_buffers: list[FlatBuffers], *, gather: bool) -> None:
         for buffers in flat_buffers:
-            buffers.gather_grads()
+            if gather:  # some grad is not our view: copy it in
+                buffers.gather_grads()
             if "step" in buffers.state:
                 buffers.state["step"].add_(1)
             params, grads, state = buffers.lists()
