@@ -52,13 +52,15 @@ class Adafactor(KernelOptimizer):
 
     def _collect(self, group):
         # The factors are not the param's shape, so they are collected (and checked, before any
-        # group is stepped) here rather than by the base class.
+        # group is stepped) here rather than by the base class; new ones join the state with the
+        # base class's new steps, after every group is checked.
         batch = super()._collect(group)
-        params, grads, state = batch[:3]
+        params, grads, state, created = batch[:4]
         factors = [self._factors(param, grad) for param, grad in zip(params, grads)]
         for index, name in enumerate(FACTOR_NAMES):
             state[name] = [tensors[index] for tensors in factors]
         check_adafactor_state(params, state["row_var"], state["col_var"], state["variance"])
+        created += [(param, made) for param, (*_, made) in zip(params, factors) if made]
         return batch
 
     def _update(self, group, params, grads, state, step):
@@ -68,25 +70,22 @@ class Adafactor(KernelOptimizer):
         adafactor_update(params, grads, state["row_var"], state["col_var"], state["variance"], step=step,
                          lr=group["lr"], beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2, d=group["d"],
                          weight_decay=group["weight_decay"])
-        for param, *tensors in zip(params, *(state[name] for name in FACTOR_NAMES)):
-            for name, tensor in zip(FACTOR_NAMES, tensors):
-                if tensor is not None:  # kept from the first step on, as torch does
-                    self.state[param].setdefault(name, tensor)
 
     def _factors(self, param, grad):
-        """(row_var, col_var, variance) of a param, None where it keeps none; new zeros (as torch
-        makes them) where it has none yet."""
+        """(row_var, col_var, variance, made) of a param: None where it keeps none; new zeros (as
+        torch makes them) where it has none yet, which ``made`` holds by name."""
         param_state = self.state.get(param, {})
         if grad.dim() > 1:
             row_var = param_state.get("row_var")
             col_var = param_state.get("col_var")
+            made = {}
             if row_var is None:
-                row_var = grad.new_zeros((*grad.shape[:-1], 1))
+                row_var = made["row_var"] = grad.new_zeros((*grad.shape[:-1], 1))
             if col_var is None:
-                col_var = grad.new_zeros((*grad.shape[:-2], 1, grad.shape[-1]))
-            return row_var, col_var, None
+                col_var = made["col_var"] = grad.new_zeros((*grad.shape[:-2], 1, grad.shape[-1]))
+            return row_var, col_var, None, made
         variance = param_state.get("variance")
         if variance is None:
             variance = torch.zeros_like(grad, memory_format=torch.preserve_format)
-        return None, None, variance
-
+            return None, None, variance, {"variance": variance}
+        return None, None, variance, {}

@@ -226,3 +226,34 @@ def test_bad_input_raises_and_changes_nothing(change, error, pattern):
     for name, tensors in before.items():
         for mine, old in zip(args[name], tensors):
             assert (mine is None and old is None) or torch.equal(mine, old), name
+
+
+# Above 2**15 elements a vector or matrix takes its own path on the CPU (U_t made in one reused
+# tensor, a matrix's column sums of squares added up row by row), and the norms of smaller tensors
+# of one shape are taken as rows of one matrix: contiguous, transposed and strided, a single row
+# or column, 3-D, and runs of equal shapes.
+LARGE_LAYOUTS = [((300, 200), "contiguous"), ((200, 300), "transposed"), ((2, 30000), "contiguous"),
+                 ((40000, 1), "contiguous"), ((1, 40000), "contiguous"), ((50000,), "contiguous"),
+                 ((40000,), "strided"), ((2, 3, 6000), "contiguous"),
+                 *[((33,), "contiguous")] * 5, *[((), "contiguous")] * 3]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_and_same_shape_tensors_match_torch_for_loop_bitwise(dtype):
+    generator = torch.Generator().manual_seed(0)
+
+    def tensors(power):  # grads of many scales: power 4 spreads them
+        return [laid_out((torch.randn(shape, generator=generator, dtype=torch.float64)
+                          * torch.rand(shape, generator=generator, dtype=torch.float64) ** power).to(dtype), layout)
+                for shape, layout in LARGE_LAYOUTS]
+
+    params = tensors(power=0)
+    state = new_state(params)
+    ref_params, ref_state = copies(params), [copies(lst) for lst in state]
+    for step in range(1, 4):
+        grads = tensors(power=4)
+        adafactor_update(params, grads, *state, step=step, lr=0.5, weight_decay=0.1, d=1.2)
+        torch_adafactor(ref_params, grads, *ref_state, [torch.tensor(step - 1.0) for _ in params], foreach=False,
+                        maximize=False, lr=0.5, beta2_decay=-0.8, eps1=torch.finfo(dtype).eps, eps2=1e-3, d=1.2,
+                        weight_decay=0.1)
+    assert_lists_close((params, *state), (ref_params, *ref_state), **EXACT)
