@@ -68,7 +68,7 @@ def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
 
 def lerp_(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
     """``start.lerp_(end, weight)`` in a rule: torch's formula for weights under 0.5,
-    ``start + weight * (end - start)``, for every weight (above 0.5 equal to rounding). Inductor
+    ``start + weight * (end - start)``, for every weight (for larger ones, equal to rounding). Inductor
     keeps lerp's choice between its two formulas inside the loop, which costs a tenth of Adam's
     time on tensors that fit in the cache."""
     return start.add_((end - start) * weight)

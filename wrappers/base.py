@@ -256,7 +256,7 @@ class KernelOptimizer(Optimizer):
                     before[id(tensor)] = tensor.clone()
 
     # --- flat storage --------------------------------------------------------------------------
-    def _flat_batch(self, index: int, group: dict[str, Any]) -> "_FlatBatch | None":
+    def _flat_batch(self, index: int, group: dict[str, Any]) -> _FlatBatch | None:
         """This group's flat buffers when every param with a grad is in them, else None."""
         flat_group = self._flat_groups.get(index)
         if flat_group is None:
