@@ -5,8 +5,10 @@ one param and its state, with every hyperparameter a 0-d tensor. :func:`run_comp
 that rule once per (rule, dtype, device, option branch) with ``torch.compile(dynamic=True)`` and
 calls it per tensor. Hyperparameters reach it as 0-d float64 tensors, never Python floats:
 dynamo specialises Python floats that feed aten scalar arguments, so a new lr or step count
-would recompile; a tensor input of the same dtype and shape never does. On a flat buffer (the
-wrappers' ``flat=True``) that is one fused pass over memory per step.
+would recompile; a tensor input of the same dtype and shape never does. They travel packed in
+one tensor on the tensors' device, unpacked inside the graph: one input to guard and one
+tensor to make per call, not one per hyperparameter. On a flat buffer (the wrappers'
+``flat=True``) that is one fused pass over memory per step.
 
 Where ``torch.compile`` cannot run (no dynamo for this Python, no C++ compiler), the rule runs
 eagerly, after one warning: the same numbers, without the speed.
@@ -30,31 +32,38 @@ def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], *,
                  param_scale: float | None = None, **scalars: float | bool | None) -> None:
     """``rule(*tensors, **scalars)`` for each position of the parallel lists, compiled.
 
-    ``None`` lists give ``None``. Numbers in ``scalars`` become 0-d float64 tensors on the CPU,
-    which a compiled kernel on any device reads as scalars, so their values never recompile;
-    ``bool`` and ``None`` pass as they are: they choose a branch, one graph each. A
-    ``param_scale`` multiplies the param first, in the same graph (a value of 1 too: an lr
-    schedule that reaches 0 must not switch graphs).
+    The lists hold tensors of one device and dtype (as :func:`~optkernels._math.grouped` yields
+    them); ``None`` lists give ``None``. Numbers in ``scalars`` travel to the compiled code in one
+    float64 tensor on that device, which it reads as 0-d tensors, so their values never
+    recompile; ``bool`` and ``None`` pass as they are: they choose a branch. A ``param_scale``
+    multiplies the param first, in the same graph (a value of 1 too: an lr schedule that
+    reaches 0 must not switch graphs).
     """
     if param_scale is not None:
         rule, scalars = _scaling_param_first(rule), dict(scalars, param_scale=param_scale)
-    scalar_tensors = {name: value if value is None or isinstance(value, bool)
-                      else torch.tensor(value, dtype=torch.float64) for name, value in scalars.items()}
+    if not tensor_lists[0]:
+        return
+    branches = {name: value for name, value in scalars.items() if value is None or isinstance(value, bool)}
+    numbers = {name: value for name, value in scalars.items() if name not in branches}
+    first = tensor_lists[0][0]
+    step = _runner(rule, tuple(numbers), first.dtype, first.device,
+                   tuple(lst is None for lst in tensor_lists), tuple(branches.items()))
+    values = torch.tensor(list(numbers.values()), dtype=torch.float64, device=first.device)
     count = len(tensor_lists[0])
     columns = [lst if lst is not None else [None] * count for lst in tensor_lists]
-    step = _runner(rule)
     for tensors in zip(*columns):
-        step(*_flattened(tensors), **scalar_tensors)
+        step(*_flattened(tensors), scalars=values, **branches)
 
 
 def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
     """Plain tensors (no Parameter, no requires_grad: dynamo guards on both), as 1-D views in
-    memory order where they share the param's dense layout: with sizes treated obliviously (no
-    specialisation on 0 and 1) every rank, layout and size is then one graph. A grad laid out
-    unlike its param (contiguous, of a transposed param) is copied into the param's layout; the
-    rule only reads it. Where any other tensor differs, all pass as they are."""
-    param, grad, *state = (None if t is None else t.detach() for t in tensors)
-    plain = (param, grad, *state)
+    memory order where they share the param's dense layout: with dynamic sizes every rank, layout
+    and size is then one graph. A grad laid out unlike its param (contiguous, of a transposed
+    param) is copied into the param's layout; the rule only reads it. Where any other tensor
+    differs, all pass as they are."""
+    param, grad, *state = plain = tuple(None if t is None else t.detach() for t in tensors)
+    if all(t is None or t.is_contiguous() for t in plain):  # the usual case, flat buffers included
+        return tuple(t if t is None or t.dim() == 1 else t.view(-1) for t in plain)
     if not is_non_overlapping_and_dense_or_false(param):
         return plain
     strides = param.stride()
@@ -84,39 +93,44 @@ def _scaling_param_first(rule: Rule) -> Rule:
 
 
 @functools.cache
-def _runner(rule: Rule) -> Rule:
-    """``rule`` compiled with dynamic shapes, once per rule; dynamo keeps a graph per dtype,
-    device and branch. ``cpp.dynamic_threads``: a CPU loop is parallel whatever size the graph was
-    first compiled for (inductor otherwise keeps a graph traced on a small tensor serial)."""
+def _runner(rule: Rule, names: tuple[str, ...], dtype: torch.dtype, device: torch.device,
+            absent: tuple[bool, ...], branches: tuple[tuple[str, bool | None], ...]) -> Rule:
+    """``rule`` for tensors of one dtype and device and one branch (which lists are ``None``, the
+    ``bool`` and ``None`` scalars), compiled with dynamic shapes, its numbers ``names`` unpacked
+    from one tensor inside the graph. Dynamo keeps graphs per code object and checks them in
+    turn at each call, at most 8 per function by default: each runner gets a code object of its
+    own, holding one graph (two where a tensor of size 0 or 1, which dynamo specialises, comes
+    too). ``cpp.dynamic_threads``: a CPU loop is parallel whatever size the graph was first
+    compiled for (inductor otherwise keeps a graph traced on a small tensor serial)."""
+    def unpacked(*tensors, scalars, **branches):
+        rule(*tensors, **dict(zip(names, scalars.unbind())), **branches)
+    label = f"{rule.__name__}_{str(dtype).removeprefix('torch.')}_{device.type}"
+    unpacked.__code__ = unpacked.__code__.replace(co_name=label, co_qualname=label)
+    unpacked.__name__ = unpacked.__qualname__ = label
     if not torch._dynamo.is_dynamo_supported():
-        return _fall_back(rule, RuntimeError("torch.compile is not supported on this Python or platform"))
-    fast = torch.compile(rule, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True})
+        return _fall_back(rule, unpacked, RuntimeError("torch.compile is not supported on this Python or platform"))
+    fast = torch.compile(unpacked, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True})
     from torch._dynamo.exc import BackendCompilerFailed  # imported here: inductor is slow to import
     from torch._inductor.exc import InductorError
 
     def call(*args, **kwargs):
         if rule in _EAGER:
-            return rule(*args, **kwargs)
+            return unpacked(*args, **kwargs)
         try:
-            with _GRAPHS_PER_RULE, _SIZE_OBLIVIOUS:
-                return fast(*args, **kwargs)
+            return fast(*args, **kwargs)
         except (BackendCompilerFailed, InductorError) as error:
             # raised while compiling, before any tensor is written
-            return _fall_back(rule, error)(*args, **kwargs)
+            return _fall_back(rule, unpacked, error)(*args, **kwargs)
     return call
 
 
-_EAGER: set[Rule] = set()
-# A rule keeps one graph per dtype, device and branch: more than dynamo's default of 8 per
-# function, all of them legitimate. Sizes are symbolic without guards on 0 and 1.
-_GRAPHS_PER_RULE = torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096)
-_SIZE_OBLIVIOUS = torch.fx.experimental._config.patch(backed_size_oblivious=True)
+_EAGER: set[Rule] = set()  # rules that failed to compile: they run eagerly from then on
 
 
-def _fall_back(rule: Rule, error: Exception) -> Rule:
+def _fall_back(rule: Rule, eager: Rule, error: Exception) -> Rule:
     if not _EAGER:
         warnings.warn(
             f"optkernels: torch.compile failed ({type(error).__name__}: {error}); the compiled path "
             "runs its rules eagerly instead (same results, not faster)", RuntimeWarning, stacklevel=4)
     _EAGER.add(rule)
-    return rule
+    return eager
