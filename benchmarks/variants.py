@@ -127,7 +127,8 @@ def _adabelief(params, grads, options):
 
 def _sgd(params, grads, options):
     momentum_buffers = [None] * len(params)  # the first step copies the grads in, as torch.optim.SGD
-    return lambda: ok.sgd_update(params, grads, momentum_buffers, lr=options["lr"], momentum=options["momentum"])
+    return lambda: ok.sgd_update(params, grads, momentum_buffers, lr=options["lr"], momentum=options["momentum"],
+                                 weight_decay=options.get("weight_decay", 0.0))
 
 
 def _adagrad(params, grads, options):
@@ -191,6 +192,8 @@ ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
               settle_steps=5, official_rule=adabelief_reference),
     # reads param, grad, momentum_buffer; writes param, momentum_buffer
     Algorithm("sgd", wrappers.SGD, torch.optim.SGD, _sgd, _passes(5), dict(lr=1e-2, momentum=0.9)),
+    # the same, with torch's ResNet recipe of coupled weight decay (the param it reads is read anyway)
+    Algorithm("sgd-wd", wrappers.SGD, torch.optim.SGD, _sgd, _passes(5), dict(lr=1e-2, momentum=0.9, weight_decay=5e-4)),
     # reads param, grad, square_avg; writes param, square_avg
     Algorithm("rmsprop", wrappers.RMSprop, torch.optim.RMSprop, _rmsprop, _passes(5), dict(lr=1e-2)),
     # reads param, grad, sum; writes param, sum

@@ -13,8 +13,10 @@ tensor to make per call, not one per hyperparameter. On a flat buffer (the wrapp
 Where ``torch.compile`` cannot run (no dynamo for this Python, no C++ compiler), the rule runs
 eagerly, after one warning: the same numbers, without the speed.
 
-A ``param_scale`` (decoupled weight decay's factor, 1 - lr * weight_decay) multiplies each param in
-the same compiled pass as the update, so AdamW reads and writes its params once per step.
+Torch's preparation of the grad and the param happens in the same compiled pass as the update:
+``maximize``, coupled L2 decay (``weight_decay``) and decoupled decay's ``param_scale``
+(1 - lr * weight_decay), so Adam with any of them, or AdamW, reads and writes each tensor once
+per step.
 """
 
 import functools
@@ -29,18 +31,23 @@ Rule = Callable[..., None]
 
 
 def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], *,
-                 param_scale: float | None = None, **scalars: float | bool | None) -> None:
+                 weight_decay: float = 0.0, maximize: bool = False, param_scale: float | None = None,
+                 **scalars: float | bool | None) -> None:
     """``rule(*tensors, **scalars)`` for each position of the parallel lists, compiled.
 
     The lists hold tensors of one device and dtype (as :func:`~optkernels._math.grouped` yields
     them); ``None`` lists give ``None``. Numbers in ``scalars`` travel to the compiled code in one
     float64 tensor on that device, which it reads as 0-d tensors, so their values never
-    recompile; ``bool`` and ``None`` pass as they are: they choose a branch. A ``param_scale``
-    multiplies the param first, in the same graph (a value of 1 too: an lr schedule that
-    reaches 0 must not switch graphs).
+    recompile; ``bool`` and ``None`` pass as they are: they choose a branch. In the same graph,
+    before the rule: the grad is negated (``maximize``) and gets ``weight_decay * param``
+    (coupled L2 decay), and the param is multiplied by ``param_scale`` (decoupled decay; a value
+    of 1 too: an lr schedule that reaches 0 must not switch graphs), as torch.optim orders them.
     """
-    if param_scale is not None:
-        rule, scalars = _scaling_param_first(rule), dict(scalars, param_scale=param_scale)
+    if maximize or weight_decay or param_scale is not None:
+        rule = _prepared(rule, maximize=maximize, decays_grad=bool(weight_decay),
+                         scales_param=param_scale is not None)
+        scalars = dict(scalars, **({"weight_decay": weight_decay} if weight_decay else {}),
+                       **({"param_scale": param_scale} if param_scale is not None else {}))
     if not tensor_lists[0]:
         return
     branches = {name: value for name, value in scalars.items() if value is None or isinstance(value, bool)}
@@ -84,12 +91,19 @@ def lerp_(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
 
 
 @functools.cache
-def _scaling_param_first(rule: Rule) -> Rule:
-    def scaled_rule(param, *tensors, param_scale, **scalars):
-        param.mul_(param_scale)
-        rule(param, *tensors, **scalars)
-    scaled_rule.__name__ = scaled_rule.__qualname__ = f"{rule.__name__}_after_param_scale"
-    return scaled_rule
+def _prepared(rule: Rule, *, maximize: bool, decays_grad: bool, scales_param: bool) -> Rule:
+    def prepared_rule(param, grad, *tensors, weight_decay=None, param_scale=None, **scalars):
+        if maximize:
+            grad = -grad
+        if decays_grad:  # coupled: reads the param before any update
+            grad = grad + param * weight_decay
+        if scales_param:
+            param.mul_(param_scale)
+        rule(param, grad, *tensors, **scalars)
+    parts = [name for name, on in (("maximize", maximize), ("grad_decay", decays_grad),
+                                   ("param_scale", scales_param)) if on]
+    prepared_rule.__name__ = prepared_rule.__qualname__ = "_".join([rule.__name__, "after", *parts])
+    return prepared_rule
 
 
 @functools.cache

@@ -48,6 +48,26 @@ def scale_(tensors: list[Tensor], factor: float) -> None:
 _ROUNDS_SCALARS = (torch.bfloat16, torch.float16)
 
 
+def prepared_grads(params: list[Tensor], grads: list[Tensor], *, weight_decay: float,
+                   maximize: bool) -> list[Tensor]:
+    r"""The gradients a kernel's rule reads, as torch.optim prepares them: negated for
+    ``maximize``, then coupled L2 decay, :math:`g_t \leftarrow g_t + \lambda \theta_{t-1}`
+    (``weight_decay_l2``'s coupled mode, op for op). One new list, or ``grads`` when neither."""
+    if not maximize:
+        return list(torch._foreach_add(grads, params, alpha=weight_decay)) if weight_decay else grads
+    negated = list(torch._foreach_neg(grads))
+    if weight_decay:
+        torch._foreach_add_(negated, params, alpha=weight_decay)
+    return negated
+
+
+def temporaries(own: int, *, compiled: bool, grads_prepared: bool) -> int:
+    """The param-sized lists a kernel's foreach path allocates per group (``grouped``'s
+    ``temporaries``): its ``own``, plus the grads of :func:`prepared_grads` when it makes them. A
+    compiled rule allocates none."""
+    return 0 if compiled else own + grads_prepared
+
+
 def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
             steps: Sequence[float] | None = None, *,
             temporaries: int = 1, slices: bool = True) -> Iterator[tuple[TensorLists, float | None]]:

@@ -56,6 +56,13 @@ def check_beta(name: str, value, index: int | None = None) -> float:
     return number
 
 
+def check_flag(name: str, value) -> bool:
+    """A switch such as ``maximize``: ``True`` or ``False``, not a truthy stand-in."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_lr(lr) -> float:
     return check_nonnegative("lr", lr, label="learning rate")
 

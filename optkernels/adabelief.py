@@ -6,9 +6,9 @@ import torch
 from torch import Tensor
 
 from ._compiled import run_compiled
-from ._math import bias_correction, grouped, scale_, sma_length
-from ._validation import (check_beta, check_eps, check_finite, check_lr, check_tensor_lists, optional_list,
-                          step_values)
+from ._math import bias_correction, grouped, prepared_grads, scale_, sma_length, temporaries
+from ._validation import (check_beta, check_eps, check_finite, check_flag, check_lr, check_nonnegative,
+                          check_tensor_lists, optional_list, step_values)
 
 
 def adabelief_update(
@@ -25,6 +25,8 @@ def adabelief_update(
     eps: float = 1e-16,
     rectify: bool = True,
     degenerated_to_sgd: bool = True,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
     param_scale: float | None = None,
 ) -> None:
@@ -59,7 +61,7 @@ def adabelief_update(
     unrectified step reads it); the rectified step divides by :math:`\sqrt{s_t}+\epsilon`
     with :math:`\sqrt{1-\beta_2^t}` folded into the step size; :math:`m_t` is updated as
     ``mul`` then ``add``. Not copied: its in-place change of ``grads`` for coupled weight decay
-    (compose :func:`weight_decay_l2` in front instead) and its fp16 up-casting: fp16 params are
+    (``weight_decay`` here makes new ones, or compose :func:`weight_decay_l2` in front) and its fp16 up-casting: fp16 params are
     computed in fp16, where the default ``eps=1e-16`` rounds to 0, so a zero gradient gives
     0/0; use bf16 or fp32 params, or keep fp32 master weights.
 
@@ -68,6 +70,8 @@ def adabelief_update(
     ``optkernels._compiled``): one pass over memory, equal to the foreach path to rounding.
     ``param_scale`` multiplies params first: the official decoupled (or fixed) weight decay in
     the same pass (:func:`~optkernels.weight_decay.decoupled_scale`); None leaves params alone.
+    ``weight_decay`` (the official coupled decay) and ``maximize`` prepare the grads in the
+    kernel's pass too (see :func:`adam_update`).
 
     Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients", NeurIPS 2020; https://github.com/juntang-zhuang/Adabelief-Optimizer.
@@ -79,8 +83,10 @@ def adabelief_update(
     lr, eps = check_lr(lr), check_eps(eps)
     param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
     for (params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps, temporaries=0 if compiled else 1
+        [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps,
+        temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
         if compiled:
             adaptive, step_size = True, lr / bias_correction(beta1, t)
@@ -88,10 +94,12 @@ def adabelief_update(
                 factor, adaptive = _rectification(t, beta1, beta2)
                 step_size = factor * lr if adaptive or degenerated_to_sgd else None
             run_compiled(adabelief_rule, [params_, grads_, exp_avgs_, exp_avg_vars_, max_exp_avg_vars_],
-                         param_scale=param_scale, beta1=beta1, beta2=beta2, eps=eps, rectify=rectify,
+                         weight_decay=weight_decay, maximize=maximize, param_scale=param_scale,
+                         beta1=beta1, beta2=beta2, eps=eps, rectify=rectify,
                          adaptive=adaptive, step_size=step_size,
                          rsqrt_bias_correction2=1 / math.sqrt(bias_correction(beta2, t)))
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         if param_scale is not None:
             scale_(params_, param_scale)                                     # decoupled decay
         scale_(exp_avgs_, beta1)                                             # m_t

@@ -4,8 +4,8 @@ import torch
 from torch import Tensor
 
 from ._compiled import run_compiled
-from ._math import grouped, scale_
-from ._validation import as_float, check_eps, check_lr, check_tensor_lists
+from ._math import grouped, prepared_grads, scale_, temporaries
+from ._validation import as_float, check_eps, check_flag, check_lr, check_nonnegative, check_tensor_lists
 
 
 def adadelta_update(
@@ -17,6 +17,8 @@ def adadelta_update(
     lr: float | Tensor,
     rho: float = 0.9,
     eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
 ) -> None:
     r"""Adadelta step, in place, on lists of tensors.
@@ -33,12 +35,15 @@ def adadelta_update(
         params, grads, square_avgs, acc_deltas: parallel lists of tensors.
         lr, rho, eps: as in ``torch.optim.Adadelta`` (whose ``lr`` default is 1.0); ``lr`` may
             be a 1-element tensor; ``rho`` lies in [0, 1].
+        weight_decay, maximize: as in ``torch.optim.Adadelta`` (coupled decay), in the kernel's
+            pass (see :func:`adam_update`).
         compiled: run :func:`adadelta_rule` per tensor, compiled (see ``optkernels._compiled``):
             one pass over memory, equal to the foreach path to rounding.
 
     The rule does not depend on the step count, so there is no ``step`` argument.
-    Mutates params, square_avgs and acc_deltas. Never grads. Weight decay is composed in
-    front: ``grads = weight_decay_l2(params, grads, ...)``. The op order is torch.optim.Adadelta's
+    Mutates params, square_avgs and acc_deltas. Never grads. Weight decay composes in
+    front, ``grads = weight_decay_l2(params, grads, ...)``, or runs in the kernel's pass as
+    ``weight_decay``. The op order is torch.optim.Adadelta's
     (its for-loop and foreach paths run the same ops), so results equal it bit for bit on CPU in
     fp32 and fp64, and its for-loop path in bf16 (its foreach path rounds ``rho`` to bf16).
     Complex params are viewed as real pairs, as torch's foreach path does; its for-loop path
@@ -57,11 +62,16 @@ def adadelta_update(
     """
     check_tensor_lists(params=params, grads=grads, square_avgs=square_avgs, acc_deltas=acc_deltas)
     lr, eps, rho = check_lr(lr), check_eps(eps), check_rho(rho)
-    for (params_, grads_, square_avgs_, acc_deltas_), _ in grouped([params, grads, square_avgs, acc_deltas],
-                                                                   temporaries=0 if compiled else 2):  # stds, deltas
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
+    for (params_, grads_, square_avgs_, acc_deltas_), _ in grouped(
+        [params, grads, square_avgs, acc_deltas],  # the foreach path makes stds and deltas
+        temporaries=temporaries(2, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
+    ):
         if compiled:
-            run_compiled(adadelta_rule, [params_, grads_, square_avgs_, acc_deltas_], lr=lr, rho=rho, eps=eps)
+            run_compiled(adadelta_rule, [params_, grads_, square_avgs_, acc_deltas_], weight_decay=weight_decay,
+                         maximize=maximize, lr=lr, rho=rho, eps=eps)
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         scale_(square_avgs_, rho)                                            # v_t
         torch._foreach_addcmul_(square_avgs_, grads_, grads_, value=1 - rho)
         stds = torch._foreach_add(square_avgs_, eps)

@@ -4,8 +4,8 @@ import torch
 from torch import Tensor
 
 from ._compiled import run_compiled
-from ._math import grouped
-from ._validation import check_eps, check_lr, check_nonnegative, check_tensor_lists, step_values
+from ._math import grouped, prepared_grads, temporaries
+from ._validation import check_eps, check_flag, check_lr, check_nonnegative, check_tensor_lists, step_values
 
 
 def adagrad_update(
@@ -17,6 +17,8 @@ def adagrad_update(
     lr: float | Tensor,
     lr_decay: float = 0.0,
     eps: float = 1e-10,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
 ) -> None:
     r"""Adagrad step, in place, on lists of tensors; ``grads`` may be sparse (COO).
@@ -34,11 +36,13 @@ def adagrad_update(
         step: the step count *after* this update (1 on the first call): an int, or one int or
             0-d tensor per param. Only the lr decay uses it.
         lr, lr_decay, eps: as in ``torch.optim.Adagrad``; ``lr`` may be a 1-element tensor.
+        weight_decay, maximize: as in ``torch.optim.Adagrad`` (coupled decay, dense grads only, as
+            in torch), in the kernel's pass (see :func:`adam_update`).
         compiled: run :func:`adagrad_rule` per dense tensor, compiled (see ``optkernels._compiled``):
             one pass over memory, equal to the foreach path to rounding. Sparse grads ignore it.
 
-    Mutates params and state_sums. Never grads. Weight decay is composed in front:
-    ``grads = weight_decay_l2(params, grads, ...)`` (dense grads only, as in torch). A sparse
+    Mutates params and state_sums. Never grads. Weight decay composes in front,
+    ``grads = weight_decay_l2(params, grads, ...)``, or runs in the kernel's pass as ``weight_decay``. A sparse
     gradient updates only the entries it holds, one tensor at a time, as torch does; sparse
     grads of complex params are refused (torch squares them as complex numbers, not
     :math:`|g|^2`). Dense complex params are viewed as real pairs, as torch does.
@@ -66,8 +70,11 @@ def adagrad_update(
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
     lr_decay = check_nonnegative("lr_decay", lr_decay)
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
     sparse = [i for i, grad in enumerate(grads) if grad.is_sparse]
     for i in sparse:
+        if weight_decay != 0:
+            raise RuntimeError(f"grads[{i}] is sparse; weight_decay is not compatible with sparse gradients")
         if grads[i].is_complex():
             raise RuntimeError(f"grads[{i}] is sparse and complex; Adagrad takes sparse grads of real params only")
     dense_lists, dense_steps = [params, grads, state_sums], steps
@@ -75,16 +82,22 @@ def adagrad_update(
         dense = [i for i in range(count) if not grads[i].is_sparse]
         dense_lists = [[tensors[i] for i in dense] for tensors in dense_lists]
         dense_steps = [steps[i] for i in dense]
-    for (params_, grads_, state_sums_), t in grouped(dense_lists, dense_steps, temporaries=0 if compiled else 1):
+    for (params_, grads_, state_sums_), t in grouped(
+        dense_lists, dense_steps,
+        temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
+    ):
         if compiled:
-            run_compiled(adagrad_rule, [params_, grads_, state_sums_], lr=_decayed_lr(lr, lr_decay, t), eps=eps)
+            run_compiled(adagrad_rule, [params_, grads_, state_sums_], weight_decay=weight_decay, maximize=maximize,
+                         lr=_decayed_lr(lr, lr_decay, t), eps=eps)
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         torch._foreach_addcmul_(state_sums_, grads_, grads_, value=1)       # s_t
         stds = torch._foreach_sqrt(state_sums_)
         torch._foreach_add_(stds, eps)
         torch._foreach_addcdiv_(params_, grads_, stds, value=-_decayed_lr(lr, lr_decay, t))
     for i in sparse:
-        _sparse_update(params[i], grads[i], state_sums[i], lr=_decayed_lr(lr, lr_decay, steps[i]), eps=eps)
+        _sparse_update(params[i], -grads[i] if maximize else grads[i], state_sums[i],
+                       lr=_decayed_lr(lr, lr_decay, steps[i]), eps=eps)
 
 
 def _decayed_lr(lr: float, lr_decay: float, step: float) -> float:

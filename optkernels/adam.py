@@ -4,9 +4,9 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
-from ._math import bias_correction, grouped, scale_
-from ._validation import (check_beta, check_eps, check_finite, check_lr, check_tensor_lists, optional_list,
-                          step_values)
+from ._math import bias_correction, grouped, prepared_grads, scale_, temporaries
+from ._validation import (check_beta, check_eps, check_finite, check_flag, check_lr, check_nonnegative,
+                          check_tensor_lists, optional_list, step_values)
 
 
 def adam_update(
@@ -21,6 +21,8 @@ def adam_update(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
     param_scale: float | None = None,
 ) -> None:
@@ -39,14 +41,17 @@ def adam_update(
         step: the step count *after* this update (1 on the first call): an int, or one int or
             0-d tensor per param.
         lr, beta1, beta2, eps: as in ``torch.optim.Adam``; ``lr`` may be a 1-element tensor.
+        weight_decay, maximize: as in ``torch.optim.Adam``: :math:`g_t` is negated, then gets
+            :math:`\lambda \theta_{t-1}` (coupled L2 decay), before the update and in its pass
+            (see :func:`~optkernels._math.prepared_grads`).
         compiled: run :func:`adam_rule` per tensor, compiled (see ``optkernels._compiled``):
             one pass over memory, equal to the foreach path to rounding.
         param_scale: multiply params by this first: AdamW's decoupled weight decay in the same
             pass (:func:`~optkernels.weight_decay.decoupled_scale`); None leaves params alone.
 
     Mutates params, exp_avgs, exp_avg_sqs (and max_exp_avg_sqs). Never grads. Weight decay
-    is composed in front: ``grads = weight_decay_l2(params, grads, ...)``, or, decoupled,
-    passed as ``param_scale``.
+    composes in front, ``grads = weight_decay_l2(params, grads, ...)``, or runs in the kernel's
+    pass: coupled as ``weight_decay``, decoupled as ``param_scale``; the same numbers.
     The op order is torch.optim.Adam's, so results equal it bit for bit on CPU.
 
     Example:
@@ -68,15 +73,19 @@ def adam_update(
     lr, eps = check_lr(lr), check_eps(eps)
     param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], steps, temporaries=0 if compiled else 1
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], steps,
+        temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
         if compiled:
             run_compiled(adam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_],
-                         param_scale=param_scale, beta1=beta1, beta2=beta2, eps=eps,
+                         weight_decay=weight_decay, maximize=maximize, param_scale=param_scale,
+                         beta1=beta1, beta2=beta2, eps=eps,
                          step_size=lr / bias_correction(beta1, t),
                          rsqrt_bias_correction2=bias_correction(beta2, t) ** -0.5)
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         if param_scale is not None:
             scale_(params_, param_scale)                                     # decoupled decay
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t

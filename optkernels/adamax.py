@@ -4,8 +4,9 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
-from ._math import bias_correction, grouped, scale_
-from ._validation import check_beta, check_eps, check_lr, check_tensor_lists, step_values
+from ._math import bias_correction, grouped, prepared_grads, scale_, temporaries
+from ._validation import (check_beta, check_eps, check_flag, check_lr, check_nonnegative, check_tensor_lists,
+                          step_values)
 
 
 def adamax_update(
@@ -19,6 +20,8 @@ def adamax_update(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
 ) -> None:
     r"""Adamax step, in place, on lists of tensors.
@@ -34,11 +37,13 @@ def adamax_update(
         step: the step count *after* this update (1 on the first call): an int, or one int or
             0-d tensor per param.
         lr, beta1, beta2, eps: as in ``torch.optim.Adamax``; ``lr`` may be a 1-element tensor.
+        weight_decay, maximize: as in ``torch.optim.Adamax`` (coupled decay), in the kernel's pass
+            (see :func:`adam_update`).
         compiled: run :func:`adamax_rule` per tensor, compiled (see ``optkernels._compiled``):
             one pass over memory, equal to the foreach path to rounding.
 
-    Mutates params, exp_avgs and exp_infs. Never grads. Weight decay is composed in front:
-    ``grads = weight_decay_l2(params, grads, ...)``. :math:`\epsilon` sits inside the maximum,
+    Mutates params, exp_avgs and exp_infs. Never grads. Weight decay composes in front,
+    ``grads = weight_decay_l2(params, grads, ...)``, or runs in the kernel's pass as ``weight_decay``. :math:`\epsilon` sits inside the maximum,
     as in torch.optim.Adamax (the paper has none). Complex params are treated as real pairs, as
     torch does: the norm is taken of the real and imaginary parts separately. The op order is
     torch.optim.Adamax's (its for-loop and foreach paths agree), so results equal it bit for
@@ -59,12 +64,17 @@ def adamax_update(
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
-    for (params_, grads_, exp_avgs_, exp_infs_), t in grouped([params, grads, exp_avgs, exp_infs], steps,
-                                                                                     temporaries=0 if compiled else 1):
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
+    for (params_, grads_, exp_avgs_, exp_infs_), t in grouped(
+        [params, grads, exp_avgs, exp_infs], steps,
+        temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
+    ):
         if compiled:
-            run_compiled(adamax_rule, [params_, grads_, exp_avgs_, exp_infs_], beta1=beta1, beta2=beta2, eps=eps,
+            run_compiled(adamax_rule, [params_, grads_, exp_avgs_, exp_infs_], weight_decay=weight_decay,
+                         maximize=maximize, beta1=beta1, beta2=beta2, eps=eps,
                          step_size=lr / bias_correction(beta1, t))
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t
         scale_(exp_infs_, beta2)                                             # u_t
         norms = torch._foreach_abs(grads_)

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor
 
 from ._compiled import run_compiled
-from ._math import grouped, scale_
-from ._validation import as_float, check_lr, check_nonnegative, check_scalar_lists, check_tensor_lists, step_values
+from ._math import grouped, prepared_grads, scale_, temporaries
+from ._validation import (as_float, check_flag, check_lr, check_nonnegative, check_scalar_lists, check_tensor_lists,
+                          step_values)
 
 
 def asgd_update(
@@ -22,6 +23,8 @@ def asgd_update(
     lambd: float = 1e-4,
     alpha: float = 0.75,
     t0: float = 1e6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
 ) -> None:
     r"""ASGD step, in place, on lists of tensors.
@@ -50,13 +53,15 @@ def asgd_update(
             only the next :math:`\eta`, computed in double precision as torch's for-loop path
             does from a number, then rounded to the dtype of ``etas``.
         lambd, alpha, t0: as in ``torch.optim.ASGD``.
+        weight_decay, maximize: as in ``torch.optim.ASGD`` (coupled decay, besides ``lambd``), in
+            the kernel's pass (see :func:`adam_update`).
         compiled: run :func:`asgd_rule` per tensor, compiled (see ``optkernels._compiled``):
             one pass over memory, equal to the foreach path to rounding. ``mus`` and ``etas``
             are updated as without it.
 
     Mutates params, axs, mus and etas. Never grads. The decay :math:`\lambda` is part of the
     rule (it scales with :math:`\eta_{t-1}`), so it is applied here; ASGD's ``weight_decay`` is
-    composed in front: ``grads = weight_decay_l2(params, grads, ...)``. Complex params are
+    ``weight_decay`` here, or composed in front: ``grads = weight_decay_l2(params, grads, ...)``. Complex params are
     treated as pairs of reals, as torch does.
 
     The ops are those of torch.optim.ASGD's for-loop path (its default on CPU), in its order, so
@@ -86,15 +91,20 @@ def asgd_update(
     lr = check_lr(lr)
     lambd, alpha = check_nonnegative("lambd", lambd), check_nonnegative("alpha", alpha)
     t0 = check_t0(t0)
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
 
     # Tensors with the same (eta, mu) take one foreach call; usually that is all of them.
     keys = [(eta.item(), mu.item()) for eta, mu in zip(etas, mus)]
-    for (params_, grads_, axs_), (eta, mu) in grouped([params, grads, axs], keys,
-                                                                      temporaries=0 if compiled else 1):
+    for (params_, grads_, axs_), (eta, mu) in grouped(
+        [params, grads, axs], keys,
+        temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
+    ):
         if compiled:
-            run_compiled(asgd_rule, [params_, grads_, axs_], decay=1 - lambd * eta, eta=eta,
+            run_compiled(asgd_rule, [params_, grads_, axs_], weight_decay=weight_decay, maximize=maximize,
+                         decay=1 - lambd * eta, eta=eta,
                          mu=mu if mu != 1 else None)
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         scale_(params_, 1 - lambd * eta)                                    # decay term
         torch._foreach_add_(params_, grads_, alpha=-eta)                   # theta_t
         if mu != 1:                                                         # bar theta_t

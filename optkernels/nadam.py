@@ -4,11 +4,12 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
-from ._math import bias_correction, grouped, scale_
+from ._math import bias_correction, grouped, prepared_grads, scale_, temporaries
 from ._validation import (
     check_beta,
     check_eps,
     check_finite,
+    check_flag,
     check_lr,
     check_nonnegative,
     check_scalar_lists,
@@ -30,6 +31,8 @@ def nadam_update(
     beta2: float = 0.999,
     eps: float = 1e-8,
     momentum_decay: float = 4e-3,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
     param_scale: float | None = None,
 ) -> None:
@@ -58,14 +61,16 @@ def nadam_update(
             0-d tensor per param.
         lr, beta1, beta2, eps, momentum_decay: as in ``torch.optim.NAdam``; ``lr`` may be a
             1-element tensor.
+        weight_decay, maximize: as in ``torch.optim.NAdam`` (coupled decay), in the kernel's pass
+            (see :func:`adam_update`).
         compiled: run :func:`nadam_rule` per tensor, compiled (see ``optkernels._compiled``);
             ``mu_products`` are updated as above, outside the rule.
         param_scale: multiply params by this first: NAdamW's decoupled weight decay in the same
             pass (:func:`~optkernels.weight_decay.decoupled_scale`); None leaves params alone.
 
     Mutates params, exp_avgs, exp_avg_sqs and mu_products. Never grads. Weight decay (coupled,
-    or NAdamW's decoupled) is composed in front: ``grads = weight_decay_l2(params, grads, ...)``,
-    or, decoupled, passed as ``param_scale``.
+    or NAdamW's decoupled) composes in front, ``grads = weight_decay_l2(params, grads, ...)``, or
+    runs in the kernel's pass: coupled as ``weight_decay``, decoupled as ``param_scale``.
     The op order is ``torch.optim.NAdam(foreach=True)``'s, which it equals bit for bit on CPU;
     torch's for-loop path computes :math:`d_t` as :math:`\sqrt{v_t/(1-\beta_2^t)} + \epsilon`
     (equal to rounding).
@@ -89,17 +94,21 @@ def nadam_update(
     param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     momentum_decay = check_nonnegative("momentum_decay", momentum_decay)
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, mu_products_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_sqs, mu_products], steps, temporaries=0 if compiled else 1
+        [params, grads, exp_avgs, exp_avg_sqs, mu_products], steps,
+        temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
         mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))          # mu_t
         mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * momentum_decay)))
         torch._foreach_mul_(mu_products_, mu)                                # Pi_t, rounded as stored
         if compiled:
             _run_nadam_rule([params_, grads_, exp_avgs_, exp_avg_sqs_], mu_products_, lr=lr, beta1=beta1,
-                            beta2=beta2, eps=eps, mu=mu, mu_next=mu_next, param_scale=param_scale,
+                            beta2=beta2, eps=eps, mu=mu, mu_next=mu_next, weight_decay=weight_decay,
+                            maximize=maximize, param_scale=param_scale,
                             rsqrt_bias_correction2=bias_correction(beta2, t) ** -0.5)
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         if param_scale is not None:
             scale_(params_, param_scale)                                     # decoupled decay
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t

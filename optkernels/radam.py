@@ -4,8 +4,9 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
-from ._math import bias_correction, grouped, scale_, sma_length
-from ._validation import check_beta, check_eps, check_finite, check_lr, check_tensor_lists, step_values
+from ._math import bias_correction, grouped, prepared_grads, scale_, sma_length, temporaries
+from ._validation import (check_beta, check_eps, check_finite, check_flag, check_lr, check_nonnegative,
+                          check_tensor_lists, step_values)
 
 
 def radam_update(
@@ -19,6 +20,8 @@ def radam_update(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
     param_scale: float | None = None,
 ) -> None:
@@ -38,7 +41,8 @@ def radam_update(
         \end{cases}
 
     Arguments as :func:`adam_update` (no AMSGrad; ``compiled`` runs :func:`radam_rule`;
-    ``param_scale`` is RAdamW's decoupled weight decay, in the same pass). Mutates
+    ``weight_decay`` and ``maximize`` prepare the grads as torch.optim.RAdam's; ``param_scale`` is
+    RAdamW's decoupled weight decay, in the same pass). Mutates
     params, exp_avgs and exp_avg_sqs. Never grads. The op order is ``torch.optim.RAdam(foreach=True)``'s,
     which it equals bit for bit on CPU; torch's for-loop path orders the ops differently (equal to
     rounding).
@@ -50,8 +54,10 @@ def radam_update(
     lr, eps = check_lr(lr), check_eps(eps)
     param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
     for (params_, grads_, exp_avgs_, exp_avg_sqs_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_sqs], steps, temporaries=0 if compiled else 1
+        [params, grads, exp_avgs, exp_avg_sqs], steps,
+        temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
         rho_t, rho_inf = sma_length(beta2, t)
         rectified = rho_t > 5
@@ -62,9 +68,11 @@ def radam_update(
         else:
             step_size = lr / bias_correction(beta1, t)
         if compiled:
-            run_compiled(radam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_], param_scale=param_scale,
+            run_compiled(radam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_], weight_decay=weight_decay,
+                         maximize=maximize, param_scale=param_scale,
                          beta1=beta1, beta2=beta2, eps=eps, rectified=rectified, step_size=step_size)
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         if param_scale is not None:
             scale_(params_, param_scale)                                     # decoupled decay
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)                  # m_t

@@ -4,8 +4,9 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
-from ._math import grouped, scale_
-from ._validation import as_float, check_eps, check_lr, check_nonnegative, check_tensor_lists, optional_list
+from ._math import grouped, prepared_grads, scale_, temporaries
+from ._validation import (as_float, check_eps, check_flag, check_lr, check_nonnegative, check_tensor_lists,
+                          optional_list)
 
 
 def rmsprop_update(
@@ -19,6 +20,8 @@ def rmsprop_update(
     alpha: float = 0.99,
     eps: float = 1e-8,
     momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
 ) -> None:
     r"""RMSprop step, in place, on lists of tensors; centered when ``grad_avgs`` is given.
@@ -42,12 +45,15 @@ def rmsprop_update(
         momentum_buffers: required when ``momentum > 0``; ignored otherwise.
         lr, alpha, eps, momentum: as in ``torch.optim.RMSprop``; ``lr`` may be a 1-element
             tensor; ``alpha`` lies in [0, 1].
+        weight_decay, maximize: as in ``torch.optim.RMSprop`` (coupled decay), in the kernel's pass
+            (see :func:`adam_update`).
         compiled: run :func:`rmsprop_rule` per tensor, compiled (see ``optkernels._compiled``):
             one pass over memory, equal to the foreach path to rounding.
 
     The rule does not depend on the step count, so there is no ``step`` argument.
-    Mutates params, square_avgs, grad_avgs and momentum_buffers. Never grads. Weight decay is
-    composed in front: ``grads = weight_decay_l2(params, grads, ...)``. The op order is
+    Mutates params, square_avgs, grad_avgs and momentum_buffers. Never grads. Weight decay
+    composes in front, ``grads = weight_decay_l2(params, grads, ...)``, or runs in the kernel's
+    pass as ``weight_decay``. The op order is
     torch.optim.RMSprop's (its for-loop and foreach paths run the same ops), so results equal it
     bit for bit on CPU in fp32, fp64 and complex (viewed as real pairs, as torch does), and its
     for-loop path in bf16 (its foreach path rounds ``alpha`` and ``momentum`` to bf16).
@@ -67,6 +73,7 @@ def rmsprop_update(
     grad_avgs, momentum_buffers = optional_list(grad_avgs), optional_list(momentum_buffers)
     lr, eps, alpha = check_lr(lr), check_eps(eps), check_alpha(alpha)
     momentum = check_nonnegative("momentum", momentum)
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
     if momentum == 0:
         momentum_buffers = None
     elif momentum_buffers is None:
@@ -74,12 +81,15 @@ def rmsprop_update(
     check_tensor_lists(optional=("grad_avgs", "momentum_buffers"), params=params, grads=grads,
                        square_avgs=square_avgs, grad_avgs=grad_avgs, momentum_buffers=momentum_buffers)
     for (params_, grads_, square_avgs_, grad_avgs_, buffers_), _ in grouped(
-        [params, grads, square_avgs, grad_avgs, momentum_buffers], temporaries=0 if compiled else 1
+        [params, grads, square_avgs, grad_avgs, momentum_buffers],
+        temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
         if compiled:
             run_compiled(rmsprop_rule, [params_, grads_, square_avgs_, grad_avgs_, buffers_],
-                         lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+                         weight_decay=weight_decay, maximize=maximize, lr=lr, alpha=alpha, eps=eps,
+                         momentum=momentum)
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         scale_(square_avgs_, alpha)                                          # v_t
         torch._foreach_addcmul_(square_avgs_, grads_, grads_, value=1 - alpha)
         if grad_avgs_ is not None:

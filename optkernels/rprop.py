@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from ._compiled import run_compiled
-from ._math import grouped
-from ._validation import as_float, check_tensor_lists
+from ._math import grouped, prepared_grads, temporaries
+from ._validation import as_float, check_flag, check_tensor_lists
 
 
 def rprop_update(
@@ -20,6 +20,7 @@ def rprop_update(
     etaplus: float = 1.2,
     step_size_min: float = 1e-6,
     step_size_max: float = 50.0,
+    maximize: bool = False,
     compiled: bool = False,
 ) -> None:
     r"""Rprop step, in place, on lists of tensors.
@@ -42,6 +43,8 @@ def rprop_update(
         etaminus, etaplus: the factors that shrink and grow a step size (``0 < etaminus < 1 <
             etaplus``): torch.optim.Rprop's ``etas``.
         step_size_min, step_size_max: the bounds of a step size, its ``step_sizes``.
+        maximize: step up the gradient, as ``torch.optim.Rprop``'s (torch's Rprop has no weight
+            decay; compose :func:`weight_decay_l2` in front for one).
         compiled: run :func:`rprop_rule` per tensor, compiled (see ``optkernels._compiled``):
             one pass over memory, equal to the foreach path to rounding.
 
@@ -69,12 +72,16 @@ def rprop_update(
     check_tensor_lists(params=params, grads=grads, prevs=prevs, step_sizes=step_sizes)
     etaminus, etaplus = check_etas(etaminus, etaplus)
     step_size_min, step_size_max = check_step_size_bounds(step_size_min, step_size_max)
-    for (params_, grads_, prevs_, step_sizes_), _ in grouped([params, grads, prevs, step_sizes],
-                                                                 temporaries=0 if compiled else 1):
+    maximize = check_flag("maximize", maximize)
+    for (params_, grads_, prevs_, step_sizes_), _ in grouped(
+        [params, grads, prevs, step_sizes], temporaries=temporaries(1, compiled=compiled, grads_prepared=maximize)
+    ):
         if compiled:
-            run_compiled(rprop_rule, [params_, grads_, prevs_, step_sizes_], etaminus=etaminus, etaplus=etaplus,
+            run_compiled(rprop_rule, [params_, grads_, prevs_, step_sizes_], maximize=maximize,
+                         etaminus=etaminus, etaplus=etaplus,
                          step_size_min=step_size_min, step_size_max=step_size_max)
             continue
+        grads_ = prepared_grads(params_, grads_, weight_decay=0.0, maximize=maximize)
         factors = torch._foreach_mul(grads_, prevs_)
         torch._foreach_sign_(factors)
         for factor in factors:  # torch's three masked fills, in its order

@@ -4,8 +4,8 @@ import torch
 from torch import Tensor
 
 from ._compiled import run_compiled
-from ._math import grouped, scale_
-from ._validation import check_lr, check_nonnegative, check_tensor_lists, optional_list
+from ._math import grouped, prepared_grads, scale_, temporaries
+from ._validation import check_flag, check_lr, check_nonnegative, check_tensor_lists, optional_list
 
 
 def sgd_update(
@@ -17,6 +17,8 @@ def sgd_update(
     momentum: float = 0.0,
     dampening: float = 0.0,
     nesterov: bool = False,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
     compiled: bool = False,
 ) -> None:
     r"""SGD step, in place, on lists of tensors.
@@ -32,6 +34,9 @@ def sgd_update(
     ``momentum_buffers`` holds one buffer per param, ``None`` for a param that has none yet: as
     in torch.optim.SGD, the first buffer is a copy of the gradient (not ``(1-\tau) g``), and
     this function puts it into the list in place of the ``None``.
+
+    ``weight_decay`` and ``maximize`` prepare :math:`g_t` as torch.optim.SGD does (negated, then plus
+    :math:`\lambda \theta_{t-1}`), in the kernel's pass; or compose :func:`weight_decay_l2` in front.
 
     Mutates params and momentum_buffers (the tensors, and the list where it held ``None``).
     Never grads (torch's foreach Nesterov path adds into ``grads``; this does not).
@@ -52,26 +57,33 @@ def sgd_update(
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("momentum_buffers is required when momentum != 0 (None entries are filled in)")
 
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
+
     if compiled:
         _run_sgd_rule(params, grads, momentum_buffers if momentum != 0 else None, lr=lr, momentum=momentum,
-                      dampening=dampening, nesterov=nesterov)
+                      dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
         return
-    if momentum != 0:
-        kept = [i for i, buffer in enumerate(momentum_buffers) if buffer is not None]
-        for (buffers_, grads_), _ in grouped([[momentum_buffers[i] for i in kept], [grads[i] for i in kept]]):
-            scale_(buffers_, momentum)                                       # b_t, t > 1
-            torch._foreach_add_(buffers_, grads_, alpha=1 - dampening)
-        for i, buffer in enumerate(momentum_buffers):
-            if buffer is None:                                              # b_1 = g_1
-                momentum_buffers[i] = grads[i].detach().clone()
-    for (params_, grads_, buffers_), _ in grouped([params, grads, momentum_buffers if momentum != 0 else None]):
-        if buffers_ is None:
-            directions = grads_
-        elif nesterov:
-            directions = torch._foreach_add(grads_, buffers_, alpha=momentum)
-        else:
-            directions = buffers_
-        torch._foreach_add_(params_, directions, alpha=-lr)
+    new = [i for i, buffer in enumerate(momentum_buffers or []) if buffer is None] if momentum != 0 else []
+    for i in new:  # filled below with g_1, through views where a large param is cut into slices
+        momentum_buffers[i] = torch.empty_like(grads[i], memory_format=torch.preserve_format)
+    kept = sorted(set(range(len(params))) - set(new))
+    for indices, first in ((kept, False), (new, True)):
+        lists = [None if lst is None else [lst[i] for i in indices]
+                 for lst in (params, grads, momentum_buffers if momentum != 0 else None)]
+        for (params_, grads_, buffers_), _ in grouped(
+            lists, temporaries=temporaries(1, compiled=False, grads_prepared=bool(weight_decay or maximize))
+        ):
+            grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
+            if buffers_ is None:
+                directions = grads_
+            else:
+                if first:
+                    torch._foreach_copy_(buffers_, grads_)                 # b_1 = g_1
+                else:
+                    scale_(buffers_, momentum)                               # b_t, t > 1
+                    torch._foreach_add_(buffers_, grads_, alpha=1 - dampening)
+                directions = torch._foreach_add(grads_, buffers_, alpha=momentum) if nesterov else buffers_
+            torch._foreach_add_(params_, directions, alpha=-lr)
 
 
 def _run_sgd_rule(params, grads, momentum_buffers, *, dampening, **scalars) -> None:

@@ -26,9 +26,8 @@ class AdaBelief(KernelOptimizer):
         super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
-        grads, param_scale = self._weight_decay(group, params, grads, fixed=group["fixed_decay"])
         adabelief_update(params, grads, state["exp_avg"], state["exp_avg_var"], state.get("max_exp_avg_var"),
                          step=step, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                         eps=group["eps"], rectify=group["rectify"],
-                         degenerated_to_sgd=group["degenerated_to_sgd"], compiled=self.compiled,
-                         param_scale=param_scale)
+                         eps=group["eps"], rectify=group["rectify"], degenerated_to_sgd=group["degenerated_to_sgd"],
+                         maximize=group["maximize"], compiled=self.compiled,
+                         **self._decay(group, fixed=group["fixed_decay"]))

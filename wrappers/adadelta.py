@@ -1,6 +1,6 @@
 """Adadelta, a drop-in for torch.optim.Adadelta."""
 
-from optkernels import adadelta_update, weight_decay_l2
+from optkernels import adadelta_update
 from optkernels.adadelta import check_rho
 
 from .base import KernelOptimizer
@@ -22,6 +22,5 @@ class Adadelta(KernelOptimizer):
         check_rho(group["rho"])
 
     def _update(self, group, params, grads, state, step):
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         adadelta_update(params, grads, state["square_avg"], state["acc_delta"], lr=group["lr"], rho=group["rho"],
-                        eps=group["eps"], compiled=self.compiled)
+                        eps=group["eps"], weight_decay=group["weight_decay"], maximize=group["maximize"], compiled=self.compiled)

@@ -67,6 +67,8 @@ class Adafactor(KernelOptimizer):
         eps1, eps2 = group["eps"]
         if eps1 is None:  # torch's for-loop path takes the first param's dtype for the whole group
             eps1 = torch.finfo(params[0].dtype).eps
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
         adafactor_update(params, grads, state["row_var"], state["col_var"], state["variance"], step=step,
                          lr=group["lr"], beta2_decay=group["beta2_decay"], eps1=eps1, eps2=eps2, d=group["d"],
                          weight_decay=group["weight_decay"])

@@ -2,7 +2,7 @@
 
 import torch
 
-from optkernels import adagrad_update, weight_decay_l2
+from optkernels import adagrad_update
 from optkernels._validation import check_nonnegative
 
 from .base import KernelOptimizer
@@ -53,10 +53,8 @@ class Adagrad(KernelOptimizer):
                                    "takes sparse grads of real params only")
 
     def _update(self, group, params, grads, state, step):
-        if group["weight_decay"] != 0:  # weight_decay_l2 takes dense grads only (sparse ones have none)
-            grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         adagrad_update(params, grads, state["sum"], step=step, lr=group["lr"], lr_decay=group["lr_decay"],
-                       eps=group["eps"], compiled=self.compiled)
+                       eps=group["eps"], weight_decay=group["weight_decay"], maximize=group["maximize"], compiled=self.compiled)
 
     def share_memory(self) -> None:
         """Move the ``sum`` accumulators to shared memory (as torch.optim.Adagrad does, for Hogwild)."""

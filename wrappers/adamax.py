@@ -1,6 +1,6 @@
 """Adamax, a drop-in for torch.optim.Adamax."""
 
-from optkernels import adamax_update, weight_decay_l2
+from optkernels import adamax_update
 
 from .base import KernelOptimizer
 
@@ -17,6 +17,6 @@ class Adamax(KernelOptimizer):
         super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         adamax_update(params, grads, state["exp_avg"], state["exp_inf"], step=step, lr=group["lr"],
-                      beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"], compiled=self.compiled)
+                      beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"], weight_decay=group["weight_decay"], maximize=group["maximize"],
+                      compiled=self.compiled)

@@ -2,7 +2,7 @@
 
 import torch
 
-from optkernels import asgd_update, weight_decay_l2
+from optkernels import asgd_update
 from optkernels._validation import as_float, check_nonnegative
 from optkernels.asgd import check_t0
 
@@ -43,13 +43,9 @@ class ASGD(KernelOptimizer):
         return super()._init_state(name, param, group)
 
     def _update(self, group, params, grads, state, step):
-        # torch views complex params as real pairs before its weight decay too, which rounds
-        # differently from complex arithmetic
-        params, grads, axs = ([torch.view_as_real(t) if t.is_complex() else t for t in tensors]
-                              for tensors in (params, grads, state["ax"]))
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
-        asgd_update(params, grads, axs, state["mu"], state["eta"], step=step, lr=group["lr"],
-                    lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"], compiled=self.compiled)
+        asgd_update(params, grads, state["ax"], state["mu"], state["eta"], step=step, lr=group["lr"],
+                    lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"], weight_decay=group["weight_decay"], maximize=group["maximize"],
+                    compiled=self.compiled)
 
     def __setstate__(self, state):
         super().__setstate__(state)

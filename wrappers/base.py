@@ -20,11 +20,11 @@ from optkernels._validation import (
     check_scalar_lists,
     check_tensor_lists,
 )
-from optkernels.weight_decay import decoupled_scale, weight_decay_l2
+from optkernels.weight_decay import decoupled_scale
 
 TORCH_ONLY_SWITCHES = ("capturable", "differentiable", "fused")
-# Param-sized lists one chunk of a step may allocate at once: maximize's negated grads, coupled
-# weight decay's grads, and up to three of the kernel's own (Adadelta, centered RMSprop: two).
+# Param-sized lists one chunk of a step may allocate at once, with room to spare: the kernel's
+# grads prepared for maximize or coupled weight decay, and its own (Adadelta, centered RMSprop: two).
 _TEMPORARY_LISTS = 5
 
 
@@ -62,7 +62,7 @@ class KernelOptimizer(Optimizer):
     Subclasses give their state keys (torch.optim's names, so checkpoints cross-load), their
     defaults, and ``_update``, which calls the kernels. This class does the rest: checks
     hyperparameters, skips params whose grad is None, creates state lazily, keeps ``step``,
-    negates grads for ``maximize``, and makes a step that raises change nothing.
+    and makes a step that raises change nothing.
     """
 
     state_names: ClassVar[tuple[str, ...]] = ()  # per-param state tensors, zero-initialised
@@ -120,16 +120,15 @@ class KernelOptimizer(Optimizer):
         return torch.zeros_like(param, memory_format=torch.preserve_format)
 
     @staticmethod
-    def _weight_decay(group: dict[str, Any], params: list[Tensor], grads: list[Tensor], *,
-                      fixed: bool = False) -> tuple[list[Tensor], float | None]:
-        """The grads the kernel should use and its ``param_scale``: coupled L2 decay makes new
-        grads; decoupled decay (``fixed``: lr-free) is a factor the kernel applies in its own pass,
-        which with ``compiled`` is the update's pass."""
+    def _decay(group: dict[str, Any], *, fixed: bool = False) -> dict[str, float]:
+        """The kernel's weight-decay argument for a group with a ``decoupled_weight_decay`` switch:
+        coupled L2 decay is its ``weight_decay``, decoupled decay (``fixed``: lr-free) the factor
+        ``param_scale``. Either runs in the kernel's pass, which with ``compiled`` is the update's."""
         if not group["weight_decay"]:
-            return grads, None
+            return {}
         if group.get("decoupled_weight_decay", False):
-            return grads, decoupled_scale(group["weight_decay"], group["lr"], fixed=fixed)
-        return weight_decay_l2(params, grads, weight_decay=group["weight_decay"]), None
+            return {"param_scale": decoupled_scale(group["weight_decay"], group["lr"], fixed=fixed)}
+        return {"weight_decay": group["weight_decay"]}
 
     # --- the machinery -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -219,14 +218,14 @@ class KernelOptimizer(Optimizer):
         return loss
 
     def _update_in_chunks(self, group, params, grads, state, step, kernel_made=()) -> None:
-        """``_update`` on runs of params small enough that its temporaries (the negated grads of
-        ``maximize``, coupled weight decay's grads, the kernel's own) stay within the budget."""
+        """``_update`` on runs of params small enough that its temporaries (the grads the kernel
+        prepares for ``maximize`` or coupled weight decay, and its own) stay within the budget."""
         names = tuple(state)
         lists = [params, grads, step, *state.values()]
         scalar = [2] + [3 + names.index(name) for name in self.scalar_state_names if name in names]
         if kernel_made or not self.elementwise:  # the kernel fills lists we pass (SGD's first step)
             runs = [lists]
-        elif self.compiled and not self._allocates(group):
+        elif self.compiled:
             runs = [lists]  # compiled rules allocate nothing: one call, not one per chunk
         else:
             runs = chunks(lists, _math.TEMPORARY_BYTES // _TEMPORARY_LISTS, shared=scalar)
@@ -235,16 +234,7 @@ class KernelOptimizer(Optimizer):
         for params_, grads_, step_, *state_ in runs:
             if len(runs) > 1:  # a param cut in slices: each slice starts from the 0-d state it had
                 self._restore(before, [state_[i - 3] for i in scalar[1:]])
-            if group.get("maximize", False):
-                grads_ = torch._foreach_neg(grads_)
             self._update(group, params_, grads_, dict(zip(names, state_)), step_)
-
-    @staticmethod
-    def _allocates(group: dict[str, Any]) -> bool:
-        """Whether ``_update`` makes param-sized tensors besides the kernel's own: the negated grads
-        of ``maximize``, or coupled weight decay's new grads (decoupled decay scales in place)."""
-        coupled_decay = group.get("weight_decay", 0) != 0 and not group.get("decoupled_weight_decay", False)
-        return bool(group.get("maximize", False)) or coupled_decay
 
     @staticmethod
     def _restore(before: dict[int, Tensor], scalar_lists: list[list[Tensor]]) -> None:

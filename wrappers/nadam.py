@@ -43,7 +43,7 @@ class NAdam(KernelOptimizer):
                 param_state["mu_product"] = torch.tensor(param_state["mu_product"], dtype=_scalar_dtype())
 
     def _update(self, group, params, grads, state, step):
-        grads, param_scale = self._weight_decay(group, params, grads)
         nadam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], state["mu_product"], step=step,
                      lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-                     momentum_decay=group["momentum_decay"], compiled=self.compiled, param_scale=param_scale)
+                     momentum_decay=group["momentum_decay"], maximize=group["maximize"], compiled=self.compiled,
+                     **self._decay(group))

@@ -19,7 +19,6 @@ class RAdam(KernelOptimizer):
         super().__init__(params, defaults, flat=flat, compiled=compiled)
 
     def _update(self, group, params, grads, state, step):
-        grads, param_scale = self._weight_decay(group, params, grads)
         radam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], step=step, lr=group["lr"],
-                     beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"], compiled=self.compiled,
-                     param_scale=param_scale)
+                     beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
+                     maximize=group["maximize"], compiled=self.compiled, **self._decay(group))

@@ -1,6 +1,6 @@
 """RMSprop, a drop-in for torch.optim.RMSprop."""
 
-from optkernels import rmsprop_update, weight_decay_l2
+from optkernels import rmsprop_update
 from optkernels.rmsprop import check_alpha
 
 from .base import KernelOptimizer
@@ -29,7 +29,6 @@ class RMSprop(KernelOptimizer):
             (("grad_avg",) if group["centered"] else ())
 
     def _update(self, group, params, grads, state, step):
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         rmsprop_update(params, grads, state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer"),
                        lr=group["lr"], alpha=group["alpha"], eps=group["eps"], momentum=group["momentum"],
-                       compiled=self.compiled)
+                       weight_decay=group["weight_decay"], maximize=group["maximize"], compiled=self.compiled)

@@ -1,6 +1,6 @@
 """SGD, a drop-in for torch.optim.SGD."""
 
-from optkernels import sgd_update, weight_decay_l2
+from optkernels import sgd_update
 
 from .base import KernelOptimizer
 
@@ -32,6 +32,6 @@ class SGD(KernelOptimizer):
         return None  # the kernel copies the first gradient in, as torch.optim.SGD does
 
     def _update(self, group, params, grads, state, step):
-        grads = weight_decay_l2(params, grads, weight_decay=group["weight_decay"])
         sgd_update(params, grads, state.get("momentum_buffer"), lr=group["lr"], momentum=group["momentum"],
-                   dampening=group["dampening"], nesterov=group["nesterov"], compiled=self.compiled)
+                   dampening=group["dampening"], nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"],
+                   compiled=self.compiled)

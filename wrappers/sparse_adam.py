@@ -1,5 +1,6 @@
 """SparseAdam, a drop-in for torch.optim.SparseAdam."""
 
+import torch
 from torch import Tensor
 
 from optkernels import sparse_adam_update
@@ -60,6 +61,8 @@ class SparseAdam(KernelOptimizer):
 
     def _update(self, group, params, grads, state, step):
         steps = self._steps(params)
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
         sparse_adam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], step=steps,
                            lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"])
         for param, count in zip(params, steps):

@@ -97,3 +97,78 @@ def test_bad_param_scale_is_named_and_changes_nothing(name, bad):
     with pytest.raises((ValueError, TypeError), match="param_scale"):
         SCALED_KERNELS[name](params, grads, *_states(name, params), step=1, lr=LR, param_scale=bad)
     assert all(torch.equal(p, p0) for p, p0 in zip(params, before))
+
+
+# Every elementwise kernel's ``maximize`` and coupled ``weight_decay``: torch.optim's preparation of
+# the grads, in the kernel's own pass, against the same preparation composed in front.
+def _zeros(count):
+    return lambda params: [[torch.zeros_like(p) for p in params] for _ in range(count)]
+
+
+def _filled(*values):
+    return lambda params: [[torch.full_like(p, value) for p in params] for value in values]
+
+
+def _scalars(*values):
+    return lambda params: [[torch.tensor(value, dtype=p.dtype) for p in params] for value in values]
+
+
+PREPARING = {  # kernel, its state lists, options; Rprop has no weight decay in torch, nor here
+    "adam": (optkernels.adam_update, _zeros(3), {}),
+    "radam": (optkernels.radam_update, _zeros(2), {}),
+    "nadam": (optkernels.nadam_update, lambda ps: _zeros(2)(ps) + _scalars(1.0)(ps), {}),
+    "adamax": (optkernels.adamax_update, _zeros(2), {}),
+    "adabelief": (optkernels.adabelief_update, _zeros(2), {}),
+    "sgd": (optkernels.sgd_update, lambda ps: [[None] * len(ps)], dict(momentum=0.9, nesterov=True)),
+    "rmsprop": (optkernels.rmsprop_update, _zeros(3), dict(momentum=0.5)),
+    "adagrad": (optkernels.adagrad_update, _zeros(1), {}),
+    "adadelta": (optkernels.adadelta_update, _zeros(2), {}),
+    "rprop": (optkernels.rprop_update, lambda ps: _zeros(1)(ps) + _filled(0.01)(ps), {}),
+    "asgd": (optkernels.asgd_update, lambda ps: _zeros(1)(ps) + _scalars(1.0, LR)(ps), {}),
+}
+_NO_STEP = ("sgd", "rmsprop", "adadelta", "rprop")
+
+
+def _prepared_steps(name, dtype, *, fused, compiled=False, steps=7):
+    kernel, make_state, options = PREPARING[name]
+    decay = {} if name == "rprop" else dict(weight_decay=WD)
+    params, grads = _tensors(dtype)
+    states = make_state(params)
+    for step in range(1, steps + 1):
+        counted = {} if name in _NO_STEP else dict(step=step)
+        if name != "rprop":
+            counted["lr"] = LR
+        if fused:
+            kernel(params, grads, *states, **counted, **options, **decay, maximize=True, compiled=compiled)
+        else:
+            prepared = weight_decay_l2(params, torch._foreach_neg(grads), weight_decay=decay.get("weight_decay", 0))
+            kernel(params, prepared, *states, **counted, **options)
+    return params
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", PREPARING)
+def test_maximize_and_weight_decay_are_torchs_grad_preparation_in_the_kernels_pass(name, dtype):
+    composed = _prepared_steps(name, dtype, fused=False)
+    for ours, reference in zip(_prepared_steps(name, dtype, fused=True), composed):
+        assert torch.equal(ours, reference)  # the same foreach ops, in the same order
+    for ours, reference in zip(_prepared_steps(name, dtype, fused=True, compiled=True), composed):
+        torch.testing.assert_close(ours, reference)  # one pass, rounded as inductor rounds
+
+
+BAD_PREPARATIONS = [(name, option, bad, error) for name in PREPARING
+                    for option, bad, error in (("weight_decay", -0.1, ValueError), ("weight_decay", float("nan"), ValueError),
+                                               ("maximize", 1, TypeError), ("maximize", None, TypeError))
+                    if not (name == "rprop" and option == "weight_decay")]
+
+
+@pytest.mark.parametrize(("name", "option", "bad", "error"), BAD_PREPARATIONS)
+def test_bad_maximize_or_weight_decay_is_named_and_changes_nothing(name, option, bad, error):
+    kernel, make_state, options = PREPARING[name]
+    params, grads = _tensors()
+    states = make_state(params)
+    before = [p.clone() for p in params]
+    counted = ({} if name in _NO_STEP else dict(step=1)) | ({} if name == "rprop" else dict(lr=LR))
+    with pytest.raises(error, match=option):
+        kernel(params, grads, *states, **counted, **options, **{option: bad})
+    assert all(torch.equal(p, p0) for p, p0 in zip(params, before))

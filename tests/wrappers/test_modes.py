@@ -100,14 +100,18 @@ def test_flat_compiled_step_allocates_next_to_nothing(name):
 
 DECOUPLED_DECAY = {"AdamW": {}, "Adam": dict(decoupled_weight_decay=True), "RAdam": dict(decoupled_weight_decay=True),
                    "NAdam": dict(decoupled_weight_decay=True), "AdaBelief": dict(fixed_decay=True)}
+# every elementwise optimizer with maximize and its coupled decay; those with a decoupled one
+ONE_PASS = [(name, _options(name, **({"decoupled_weight_decay": False} if name == "AdaBelief" else {})))
+            for name in ELEMENTWISE if name != "AdamW"]
+ONE_PASS += [(name, dict(options, weight_decay=0.1, maximize=True)) for name, options in DECOUPLED_DECAY.items()]
 
 
-@pytest.mark.parametrize("name", DECOUPLED_DECAY)
-def test_flat_compiled_step_with_decoupled_decay_is_one_pass(name):
-    """The decay is inside the compiled rule: outside it, no op reads or writes the buffers."""
+@pytest.mark.parametrize(("name", "options"), ONE_PASS, ids=[f"{name}-{sorted(options)}" for name, options in ONE_PASS])
+def test_flat_compiled_step_with_maximize_and_weight_decay_is_one_pass(name, options):
+    """Torch's preparation of grads and params (maximize, coupled or decoupled decay) is inside the
+    compiled rule: outside it, no op reads or writes the buffers."""
     params = _params([(256, 256)] * 8)
-    optimizer = getattr(wrappers, name)(params, **DECOUPLED_DECAY[name], weight_decay=0.1, flat=True,
-                                        compiled=True)
+    optimizer = getattr(wrappers, name)(params, **options, flat=True, compiled=True)
     for _ in range(2):
         optimizer.step()
     with torch.profiler.profile(record_shapes=True) as profile:
