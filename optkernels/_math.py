@@ -70,7 +70,8 @@ def temporaries(own: int, *, compiled: bool, grads_prepared: bool) -> int:
 
 def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
             steps: Sequence[float] | None = None, *,
-            temporaries: int = 1, slices: bool = True) -> Iterator[tuple[TensorLists, float | None]]:
+            temporaries: int = 1, slices: bool = True,
+            shared: Sequence[int] = ()) -> Iterator[tuple[TensorLists, float | None]]:
     """Split parallel tensor lists into groups of one device, dtype and step count, in chunks.
 
     Yields ``(lists, step)`` with ``lists`` in the order given (``None`` stays ``None``) and
@@ -84,6 +85,8 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
     the caller's temporaries stay within :data:`TEMPORARY_BYTES` (see :func:`chunks`): half of it,
     because a loop body's temporaries live on until the next group's replace them. ``slices=False``
     keeps every tensor whole, for updates that are not elementwise (Adafactor's norms, Muon);
+    the lists at the positions in ``shared`` hold 0-d tensors that every slice of a param reads
+    whole (see :func:`chunks`; the caller updates them once, not per slice);
     ``temporaries=0``, for callers that allocate none (compiled rules), does not chunk at all.
     """
     present = [i for i, lst in enumerate(tensor_lists) if lst is not None]
@@ -96,19 +99,19 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
         for position, sublist in zip(present, sublists):
             full[position] = _as_real(sublist) if dtype.is_complex else sublist
         limit = TEMPORARY_BYTES // (2 * temporaries) if temporaries else sys.maxsize
-        shared = () if slices else None
+        shared_ = tuple(shared) if slices else None
         if steps is None:
-            yield from ((lists, None) for lists in chunks(full, limit, shared=shared))
+            yield from ((lists, None) for lists in chunks(full, limit, shared=shared_))
             continue
         by_step: dict[float, list[int]] = {}
         for position, index in enumerate(indices):
             by_step.setdefault(steps[index], []).append(position)
         if len(by_step) == 1:
-            yield from ((lists, steps[indices[0]]) for lists in chunks(full, limit, shared=shared))
+            yield from ((lists, steps[indices[0]]) for lists in chunks(full, limit, shared=shared_))
             continue
         for value, positions in by_step.items():
             sublists = [None if lst is None else [lst[p] for p in positions] for lst in full]
-            yield from ((lists, value) for lists in chunks(sublists, limit, shared=shared))
+            yield from ((lists, value) for lists in chunks(sublists, limit, shared=shared_))
 
 
 def chunks(tensor_lists: TensorLists, limit_bytes: int, *,

@@ -61,9 +61,9 @@ def adabelief_update(
     unrectified step reads it); the rectified step divides by :math:`\sqrt{s_t}+\epsilon`
     with :math:`\sqrt{1-\beta_2^t}` folded into the step size; :math:`m_t` is updated as
     ``mul`` then ``add``. Not copied: its in-place change of ``grads`` for coupled weight decay
-    (``weight_decay`` here makes new ones, or compose :func:`weight_decay_l2` in front) and its fp16 up-casting: fp16 params are
-    computed in fp16, where the default ``eps=1e-16`` rounds to 0, so a zero gradient gives
-    0/0; use bf16 or fp32 params, or keep fp32 master weights.
+    (``weight_decay`` here makes new ones, or compose :func:`weight_decay_l2` in front) and its
+    fp16 up-casting: fp16 params are computed in fp16, where the default ``eps=1e-16`` rounds to
+    0, so a zero gradient gives 0/0; use bf16 or fp32 params, or keep fp32 master weights.
 
     Mutates params, exp_avgs, exp_avg_vars (and max_exp_avg_vars). Never grads. With
     ``compiled=True`` it runs :func:`adabelief_rule` per tensor, compiled (see

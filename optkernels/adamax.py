@@ -43,11 +43,11 @@ def adamax_update(
             one pass over memory, equal to the foreach path to rounding.
 
     Mutates params, exp_avgs and exp_infs. Never grads. Weight decay composes in front,
-    ``grads = weight_decay_l2(params, grads, ...)``, or runs in the kernel's pass as ``weight_decay``. :math:`\epsilon` sits inside the maximum,
-    as in torch.optim.Adamax (the paper has none). Complex params are treated as real pairs, as
-    torch does: the norm is taken of the real and imaginary parts separately. The op order is
-    torch.optim.Adamax's (its for-loop and foreach paths agree), so results equal it bit for
-    bit on CPU.
+    ``grads = weight_decay_l2(params, grads, ...)``, or runs in the kernel's pass as
+    ``weight_decay``. :math:`\epsilon` sits inside the maximum, as in torch.optim.Adamax (the paper
+    has none). Complex params are treated as real pairs, as torch does: the norm is taken of the
+    real and imaginary parts separately. The op order is torch.optim.Adamax's (its for-loop and
+    foreach paths agree), so results equal it bit for bit on CPU.
 
     Example:
         >>> import torch

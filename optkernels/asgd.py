@@ -61,8 +61,8 @@ def asgd_update(
 
     Mutates params, axs, mus and etas. Never grads. The decay :math:`\lambda` is part of the
     rule (it scales with :math:`\eta_{t-1}`), so it is applied here; ASGD's ``weight_decay`` is
-    ``weight_decay`` here, or composed in front: ``grads = weight_decay_l2(params, grads, ...)``. Complex params are
-    treated as pairs of reals, as torch does.
+    ``weight_decay`` here, or composed in front: ``grads = weight_decay_l2(params, grads, ...)``.
+    Complex params are treated as pairs of reals, as torch does.
 
     The ops are those of torch.optim.ASGD's for-loop path (its default on CPU), in its order, so
     results equal it bit for bit on CPU. Its foreach path computes

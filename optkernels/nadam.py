@@ -95,16 +95,24 @@ def nadam_update(
     beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
     momentum_decay = check_nonnegative("momentum_decay", momentum_decay)
     weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
+
+    def mu(t: float) -> float:                                              # mu_t
+        return beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))
+
+    # Pi_t first, once per param, so that a param cut in slices (below) reads it in every slice
+    by_step: dict[float, list[Tensor]] = {}
+    for mu_product, t in zip(mu_products, steps):
+        by_step.setdefault(t, []).append(mu_product)
+    for t, products in by_step.items():
+        torch._foreach_mul_(products, mu(t))                                 # Pi_t, rounded as stored
     for (params_, grads_, exp_avgs_, exp_avg_sqs_, mu_products_), t in grouped(
-        [params, grads, exp_avgs, exp_avg_sqs, mu_products], steps,
+        [params, grads, exp_avgs, exp_avg_sqs, mu_products], steps, shared=(4,),
         temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
-        mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))          # mu_t
-        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1) * momentum_decay)))
-        torch._foreach_mul_(mu_products_, mu)                                # Pi_t, rounded as stored
+        mu_t, mu_next = mu(t), mu(t + 1)
         if compiled:
             _run_nadam_rule([params_, grads_, exp_avgs_, exp_avg_sqs_], mu_products_, lr=lr, beta1=beta1,
-                            beta2=beta2, eps=eps, mu=mu, mu_next=mu_next, weight_decay=weight_decay,
+                            beta2=beta2, eps=eps, mu=mu_t, mu_next=mu_next, weight_decay=weight_decay,
                             maximize=maximize, param_scale=param_scale,
                             rsqrt_bias_correction2=bias_correction(beta2, t) ** -0.5)
             continue
@@ -118,7 +126,7 @@ def nadam_update(
         torch._foreach_div_(denoms, bias_correction(beta2, t) ** 0.5)        # d_t
         torch._foreach_add_(denoms, eps)
         products = [mu_product.item() for mu_product in mu_products_]
-        grad_step_sizes = [(lr * (1.0 - mu) / (1.0 - product)) * -1 for product in products]
+        grad_step_sizes = [(lr * (1.0 - mu_t) / (1.0 - product)) * -1 for product in products]
         momentum_step_sizes = [(lr * mu_next / (1.0 - product * mu_next)) * -1 for product in products]
         torch._foreach_addcdiv_(params_, grads_, denoms, grad_step_sizes)
         torch._foreach_addcdiv_(params_, exp_avgs_, denoms, momentum_step_sizes)

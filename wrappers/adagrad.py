@@ -54,7 +54,8 @@ class Adagrad(KernelOptimizer):
 
     def _update(self, group, params, grads, state, step):
         adagrad_update(params, grads, state["sum"], step=step, lr=group["lr"], lr_decay=group["lr_decay"],
-                       eps=group["eps"], weight_decay=group["weight_decay"], maximize=group["maximize"], compiled=self.compiled)
+                       eps=group["eps"], weight_decay=group["weight_decay"], maximize=group["maximize"],
+                       compiled=self.compiled)
 
     def share_memory(self) -> None:
         """Move the ``sum`` accumulators to shared memory (as torch.optim.Adagrad does, for Hogwild)."""

@@ -44,7 +44,8 @@ class ASGD(KernelOptimizer):
 
     def _update(self, group, params, grads, state, step):
         asgd_update(params, grads, state["ax"], state["mu"], state["eta"], step=step, lr=group["lr"],
-                    lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"], weight_decay=group["weight_decay"], maximize=group["maximize"],
+                    lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"],
+                    weight_decay=group["weight_decay"], maximize=group["maximize"],
                     compiled=self.compiled)
 
     def __setstate__(self, state):

@@ -122,15 +122,37 @@ def test_flat_compiled_step_with_maximize_and_weight_decay_is_one_pass(name, opt
     assert not passes
 
 
-def test_kernels_chunk_their_own_temporaries(monkeypatch):
+def _kernel_state(name, params):
+    state = [[torch.zeros_like(param) for param in params] for _ in range(2)]
+    return state + [[torch.tensor(1.0) for _ in params]] if name == "nadam" else state
+
+
+@pytest.mark.parametrize("name", ["adam", "nadam"])  # NAdam: its 0-d mu_product read by every slice
+def test_kernels_chunk_their_own_temporaries(name, monkeypatch):
     budget = MiB
     monkeypatch.setattr(optkernels._math, "TEMPORARY_BYTES", budget)
     params = _params([(2**20,), (3, 2**16)])
     grads = [param.grad for param in params]
-    state = [[torch.zeros_like(param) for param in params] for _ in range(2)]
+    state = _kernel_state(name, params)
+    kernel = getattr(optkernels, f"{name}_update")
     with torch.no_grad():
-        peak = peak_extra_bytes(lambda: optkernels.adam_update(params, grads, *state, step=1, lr=0.1), CPU)
+        peak = peak_extra_bytes(lambda: kernel(params, grads, *state, step=1, lr=0.1, weight_decay=0.1,
+                                               maximize=True), CPU)
     assert peak <= budget
+
+
+def test_nadam_kernel_in_slices_gives_the_numbers_it_gives_whole(monkeypatch):
+    results = []
+    for budget in (optkernels._math.TEMPORARY_BYTES, MiB // 4):
+        monkeypatch.setattr(optkernels._math, "TEMPORARY_BYTES", budget)
+        params = [param.detach() for param in _params([(2**18,), (3, 2**14)])]
+        grads = [torch.randn(param.shape, generator=torch.Generator().manual_seed(7)) for param in params]
+        state = _kernel_state("nadam", params)
+        for step in range(1, 4):
+            optkernels.nadam_update(params, grads, *state, step=step, lr=0.1)
+        results.append(params + [t for tensors in state for t in tensors])
+    for sliced, whole in zip(*results):
+        assert torch.equal(sliced, whole)
 
 
 MODES = {"flat": (dict(flat=True), True), "compiled": (dict(compiled=True), False),
