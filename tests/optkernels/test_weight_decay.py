@@ -79,14 +79,21 @@ def _decayed_steps(name, dtype, *, fused, compiled=False, steps=7):
     return params
 
 
+def _assert_in_pass_equals_composed(run, name, dtype):
+    """``run(name, dtype, fused=...)``: the kernel's own option against the same step composed in
+    front; bitwise on the foreach path (the same ops, in the same order), to rounding compiled
+    (one pass, rounded as inductor rounds)."""
+    composed = run(name, dtype, fused=False)
+    for ours, reference in zip(run(name, dtype, fused=True), composed):
+        assert torch.equal(ours, reference)
+    for ours, reference in zip(run(name, dtype, fused=True, compiled=True), composed):
+        torch.testing.assert_close(ours, reference)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", SCALED_KERNELS)
 def test_param_scale_is_decoupled_decay_in_the_kernels_pass(name, dtype):
-    composed = _decayed_steps(name, dtype, fused=False)
-    for ours, reference in zip(_decayed_steps(name, dtype, fused=True), composed):
-        assert torch.equal(ours, reference)  # the same scale_, in the same place
-    for ours, reference in zip(_decayed_steps(name, dtype, fused=True, compiled=True), composed):
-        torch.testing.assert_close(ours, reference)  # one pass, rounded as inductor rounds
+    _assert_in_pass_equals_composed(_decayed_steps, name, dtype)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.9"])
@@ -149,11 +156,7 @@ def _prepared_steps(name, dtype, *, fused, compiled=False, steps=7):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", PREPARING)
 def test_maximize_and_weight_decay_are_torchs_grad_preparation_in_the_kernels_pass(name, dtype):
-    composed = _prepared_steps(name, dtype, fused=False)
-    for ours, reference in zip(_prepared_steps(name, dtype, fused=True), composed):
-        assert torch.equal(ours, reference)  # the same foreach ops, in the same order
-    for ours, reference in zip(_prepared_steps(name, dtype, fused=True, compiled=True), composed):
-        torch.testing.assert_close(ours, reference)  # one pass, rounded as inductor rounds
+    _assert_in_pass_equals_composed(_prepared_steps, name, dtype)
 
 
 BAD_PREPARATIONS = [(name, option, bad, error) for name in PREPARING
