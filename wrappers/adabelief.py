@@ -29,5 +29,4 @@ class AdaBelief(KernelOptimizer):
         adabelief_update(params, grads, state["exp_avg"], state["exp_avg_var"], state.get("max_exp_avg_var"),
                          step=step, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
                          eps=group["eps"], rectify=group["rectify"], degenerated_to_sgd=group["degenerated_to_sgd"],
-                         maximize=group["maximize"], compiled=self.compiled,
-                         **self._decay(group, fixed=group["fixed_decay"]))
+                         compiled=self.compiled, **self._preparation(group, fixed=group["fixed_decay"]))

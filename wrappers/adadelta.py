@@ -23,5 +23,5 @@ class Adadelta(KernelOptimizer):
 
     def _update(self, group, params, grads, state, step):
         adadelta_update(params, grads, state["square_avg"], state["acc_delta"], lr=group["lr"], rho=group["rho"],
-                        eps=group["eps"], weight_decay=group["weight_decay"], maximize=group["maximize"],
-                        compiled=self.compiled)
+                        eps=group["eps"], compiled=self.compiled,
+                        **self._preparation(group))

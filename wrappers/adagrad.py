@@ -54,8 +54,8 @@ class Adagrad(KernelOptimizer):
 
     def _update(self, group, params, grads, state, step):
         adagrad_update(params, grads, state["sum"], step=step, lr=group["lr"], lr_decay=group["lr_decay"],
-                       eps=group["eps"], weight_decay=group["weight_decay"], maximize=group["maximize"],
-                       compiled=self.compiled)
+                       eps=group["eps"], compiled=self.compiled,
+                       **self._preparation(group))
 
     def share_memory(self) -> None:
         """Move the ``sum`` accumulators to shared memory (as torch.optim.Adagrad does, for Hogwild)."""

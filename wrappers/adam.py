@@ -38,7 +38,7 @@ class Adam(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         adam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
                     step=step, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                    eps=group["eps"], maximize=group["maximize"], compiled=self.compiled, **self._decay(group))
+                    eps=group["eps"], compiled=self.compiled, **self._preparation(group))
 
 
 class AdamW(Adam):

@@ -19,5 +19,4 @@ class Adamax(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         adamax_update(params, grads, state["exp_avg"], state["exp_inf"], step=step, lr=group["lr"],
                       beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-                      weight_decay=group["weight_decay"], maximize=group["maximize"],
-                      compiled=self.compiled)
+                      compiled=self.compiled, **self._preparation(group))

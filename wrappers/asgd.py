@@ -45,8 +45,7 @@ class ASGD(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         asgd_update(params, grads, state["ax"], state["mu"], state["eta"], step=step, lr=group["lr"],
                     lambd=group["lambd"], alpha=group["alpha"], t0=group["t0"],
-                    weight_decay=group["weight_decay"], maximize=group["maximize"],
-                    compiled=self.compiled)
+                    compiled=self.compiled, **self._preparation(group))
 
     def __setstate__(self, state):
         super().__setstate__(state)

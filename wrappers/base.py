@@ -120,15 +120,18 @@ class KernelOptimizer(Optimizer):
         return torch.zeros_like(param, memory_format=torch.preserve_format)
 
     @staticmethod
-    def _decay(group: dict[str, Any], *, fixed: bool = False) -> dict[str, float]:
-        """The kernel's weight-decay argument for a group with a ``decoupled_weight_decay`` switch:
-        coupled L2 decay is its ``weight_decay``, decoupled decay (``fixed``: lr-free) the factor
-        ``param_scale``. Either runs in the kernel's pass, which with ``compiled`` is the update's."""
-        if not group["weight_decay"]:
-            return {}
-        if group.get("decoupled_weight_decay", False):
-            return {"param_scale": decoupled_scale(group["weight_decay"], group["lr"], fixed=fixed)}
-        return {"weight_decay": group["weight_decay"]}
+    def _preparation(group: dict[str, Any], *, fixed: bool = False) -> dict[str, Any]:
+        """The elementwise kernels' keywords for torch.optim's preparation of grads and params:
+        ``maximize``, and the group's weight decay, coupled as ``weight_decay`` or decoupled
+        (``decoupled_weight_decay``; ``fixed``: lr-free) as the factor ``param_scale``. The kernel
+        applies them in its own pass, which with ``compiled`` is the update's."""
+        options: dict[str, Any] = {"maximize": group["maximize"]}
+        weight_decay = group.get("weight_decay", 0)
+        if weight_decay and group.get("decoupled_weight_decay", False):
+            options["param_scale"] = decoupled_scale(weight_decay, group["lr"], fixed=fixed)
+        elif weight_decay:
+            options["weight_decay"] = weight_decay
+        return options
 
     # --- the machinery -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -45,5 +45,5 @@ class NAdam(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         nadam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], state["mu_product"], step=step,
                      lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-                     momentum_decay=group["momentum_decay"], maximize=group["maximize"], compiled=self.compiled,
-                     **self._decay(group))
+                     momentum_decay=group["momentum_decay"], compiled=self.compiled,
+                     **self._preparation(group))

@@ -21,4 +21,4 @@ class RAdam(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         radam_update(params, grads, state["exp_avg"], state["exp_avg_sq"], step=step, lr=group["lr"],
                      beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-                     maximize=group["maximize"], compiled=self.compiled, **self._decay(group))
+                     compiled=self.compiled, **self._preparation(group))

@@ -31,4 +31,4 @@ class RMSprop(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         rmsprop_update(params, grads, state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer"),
                        lr=group["lr"], alpha=group["alpha"], eps=group["eps"], momentum=group["momentum"],
-                       weight_decay=group["weight_decay"], maximize=group["maximize"], compiled=self.compiled)
+                       compiled=self.compiled, **self._preparation(group))

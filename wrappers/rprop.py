@@ -47,5 +47,5 @@ class Rprop(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         (etaminus, etaplus), (step_size_min, step_size_max) = group["etas"], group["step_sizes"]
         rprop_update(params, grads, state["prev"], state["step_size"], etaminus=etaminus, etaplus=etaplus,
-                     step_size_min=step_size_min, step_size_max=step_size_max, maximize=group["maximize"],
-                     compiled=self.compiled)
+                     step_size_min=step_size_min, step_size_max=step_size_max,
+                     compiled=self.compiled, **self._preparation(group))

@@ -34,5 +34,4 @@ class SGD(KernelOptimizer):
     def _update(self, group, params, grads, state, step):
         sgd_update(params, grads, state.get("momentum_buffer"), lr=group["lr"], momentum=group["momentum"],
                    dampening=group["dampening"], nesterov=group["nesterov"],
-                   weight_decay=group["weight_decay"], maximize=group["maximize"],
-                   compiled=self.compiled)
+                   compiled=self.compiled, **self._preparation(group))
