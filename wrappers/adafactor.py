@@ -50,18 +50,17 @@ class Adafactor(KernelOptimizer):
             if param.grad is not None and param.is_complex():
                 raise RuntimeError("Adafactor does not support complex parameters")
 
-    def _collect(self, group):
+    def _collect(self, group, params):
         # The factors are not the param's shape, so they are collected (and checked, before any
         # group is stepped) here rather than by the base class; new ones join the state with the
         # base class's new steps, after every group is checked.
-        batch = super()._collect(group)
-        params, grads, state, created = batch[:4]
-        factors = [self._factors(param, grad) for param, grad in zip(params, grads)]
+        plan = super()._collect(group, params)
+        factors = [self._factors(param, grad) for param, grad in zip(plan.params, plan.grads)]
         for index, name in enumerate(FACTOR_NAMES):
-            state[name] = [tensors[index] for tensors in factors]
-        check_adafactor_state(params, state["row_var"], state["col_var"], state["variance"])
-        created += [(param, made) for param, (*_, made) in zip(params, factors) if made]
-        return batch
+            plan.state[name] = [tensors[index] for tensors in factors]
+        check_adafactor_state(plan.params, plan.state["row_var"], plan.state["col_var"], plan.state["variance"])
+        plan.created += [(param, made) for param, (*_, made) in zip(plan.params, factors) if made]
+        return plan
 
     def _update(self, group, params, grads, state, step):
         eps1, eps2 = group["eps"]

@@ -1,13 +1,13 @@
 """The one class that knows about param groups and per-parameter state."""
 
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._flat import FlatBuffers, FlatGroup, flattenable
+from ._layout import FlatLayout, Plan, is_sharded, local, warn_once
 
 from optkernels import _math
 from optkernels._math import chunks
@@ -51,11 +51,6 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-class _FlatBatch(NamedTuple):
-    buffers: list[FlatBuffers]
-    gather: bool  # some grads are not the buffer's views (replaced, or made by autograd)
-
-
 class KernelOptimizer(Optimizer):
     """A ``torch.optim.Optimizer`` that collects tensor lists per param group and calls a kernel.
 
@@ -91,7 +86,7 @@ class KernelOptimizer(Optimizer):
             raise UnsupportedOptionError(f"flat=True is not supported by {type(self).__name__}: its update "
                                          "is not elementwise, so its params cannot share one buffer")
         self.flat, self.compiled = flat, compiled
-        self._flat_groups: dict[int, FlatGroup] = {}  # by group index
+        self._layouts: dict[int, FlatLayout] = {}  # flat=True: by group index
         super().__init__(params, defaults)
 
     # --- what subclasses provide -------------------------------------------------------------
@@ -136,6 +131,9 @@ class KernelOptimizer(Optimizer):
     # --- the machinery -------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if isinstance(param_group, dict):
+            # ZeroRedundancyOptimizer hands us copies of its groups, which hold the options it was
+            # given (ours included): the modes are the optimizer's, never a group's
+            param_group = {name: value for name, value in param_group.items() if name not in _MODES}
             self._check_options({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
@@ -152,14 +150,18 @@ class KernelOptimizer(Optimizer):
         return {**super().__getstate__(), "flat": self.flat, "compiled": self.compiled}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.flat, self.compiled = state.pop("flat", False), state.pop("compiled", False)
-        self._flat_groups = {}
+        # load_state_dict comes here too, with no modes in ``state``: the modes stay as they are
+        self.flat = state.pop("flat", getattr(self, "flat", False))
+        self.compiled = state.pop("compiled", getattr(self, "compiled", False))
+        self._drop_layouts()
         defaults = state.get("defaults", getattr(self, "defaults", {}))
         takes_differentiable = "differentiable" in defaults
         super().__setstate__(state)
         if not takes_differentiable:  # torch's __setstate__ adds it; AdaBelief has no such option
             self.defaults.pop("differentiable", None)
         for group in self.param_groups:
+            for name in _MODES:  # as ZeroRedundancyOptimizer copies its options into the groups
+                group.pop(name, None)
             for name, default in self.defaults.items():
                 group.setdefault(name, default)
             if not self.counts_steps:
@@ -170,18 +172,26 @@ class KernelOptimizer(Optimizer):
                     # e.g. a checkpoint of the official AdaBelief, which counts with an int
                     param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_scalar_dtype())
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._flat_groups = {}  # the state is new tensors now; the next step packs them anew
+    def state_dict(self) -> dict[str, Any]:
+        state_dict = super().state_dict()
+        for group in state_dict["param_groups"]:  # ZeroRedundancyOptimizer copies its options in
+            for name in _MODES:
+                group.pop(name, None)
+        return state_dict
+
+    def _drop_layouts(self) -> None:
+        for layout in getattr(self, "_layouts", {}).values():
+            layout.close()
+        self._layouts: dict[int, FlatLayout] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """As torch.optim's, except that with ``flat=True`` the flat gradient buffers are zeroed
-        and kept (as ``set_to_none=False`` does), so the next backward accumulates into them."""
+        """As torch.optim's. With ``flat=True``, ``set_to_none=True`` also frees the flat grad
+        buffers, as torch frees the grads; backward makes a new one."""
         super().zero_grad(set_to_none)
-        for flat_group in self._flat_groups.values():
-            for buffers in flat_group.buffers():
-                buffers.grad_buffer.zero_()
-                buffers.attach_grads()
+        if set_to_none:
+            for layout in self._layouts.values():
+                for run in layout.runs:
+                    run.release_grads()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
@@ -190,54 +200,90 @@ class KernelOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Check every group before touching any tensor, so an error changes nothing.
-        batches = [self._flat_batch(index, group) or self._collect(group)
-                   for index, group in enumerate(self.param_groups)]
-        for index, (group, batch) in enumerate(zip(self.param_groups, batches)):
-            if isinstance(batch, _FlatBatch):
-                self._step_flat(group, batch.buffers, gather=batch.gather)
+        # Every group is checked and planned before any tensor changes, so an error changes nothing.
+        plans = [self._plan(index, group) for index, group in enumerate(self.param_groups)]
+        for index, (group, plan) in enumerate(zip(self.param_groups, plans)):
+            if not plan.params:
                 continue
-            params, grads, state, created, kernel_made = batch
-            if not params:
-                continue
-            for param, new_state in created:
+            for param, new_state in plan.created:
                 self.state[param].update(new_state)
-            if self.flat and not kernel_made and self._flatten(index, group, params, grads):
-                # packed before stepping, so that a compiled rule first meets the whole buffer
-                self._step_flat(group, self._flat_groups[index].buffers(), gather=False)
-                continue
-            step = state.pop("step", None)
-            if step is not None:
-                if step[0].is_cpu:  # as torch.optim: a Python 1 becomes a tensor per param (3 ms for 1,000)
-                    torch._foreach_add_(step, torch.tensor(1.0), alpha=1.0)
-                else:
-                    torch._foreach_add_(step, 1)
-            self._update_in_chunks(group, params, grads, state, step, kernel_made)
-            for name in kernel_made:  # state the kernel created in place of None (SGD's buffers)
-                for param, tensor in zip(params, state[name]):
+            for action in plan.before:
+                action()
+            self._update_in_chunks(group, plan)
+            for name in plan.kernel_made:  # state the kernel created in place of None (SGD's buffers)
+                for param, tensor in zip(plan.params, plan.state[name]):
                     self.state[param][name] = tensor
-            if self.flat:  # SGD's first step makes its buffers; pack them for the next
-                self._flatten(index, group, params, grads)
+            for action in plan.after:
+                action()
         return loss
 
-    def _update_in_chunks(self, group, params, grads, state, step, kernel_made=()) -> None:
+    def _plan(self, index: int, group: dict[str, Any]) -> Plan:
+        """This group's step: which params step (those whose grad is not None, as in torch.optim)
+        and the kernel's lists for them, in the group's layout."""
+        self._check_group(group)
+        self._check_grads(group)
+        for param in group["params"]:
+            if param.grad is not None and param.grad.is_sparse and not self.takes_sparse_grads:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if not self.elementwise:
+            for param in group["params"]:
+                if param.grad is not None and is_sharded(param):
+                    raise UnsupportedOptionError(
+                        f"{type(self).__name__} needs whole tensors (its update is not elementwise) but a "
+                        f"param is a sharded DTensor ({param.placements}); use replicated params")
+        layout = self._layout(index, group)
+        if layout is None:
+            return self._collect(group, [param for param in group["params"] if param.grad is not None])
+        return layout.plan(self.state, lambda params: self._collect(group, params))
+
+    def _layout(self, index: int, group: dict[str, Any]) -> FlatLayout | None:
+        """The group's flat layout (``flat=True``), built or rebuilt when the group changed."""
+        if not self.flat or torch.compiler.is_compiling():
+            return None
+        names = self._all_state_names(group)
+        layout = self._layouts.get(index)
+        if layout is not None and layout.valid(group["params"], names):
+            return layout
+        ours = set()
+        if layout is not None:
+            ours = layout.storages()
+            layout.close()
+        layout = self._layouts[index] = FlatLayout(group["params"], names, self.scalar_state_names, ours)
+        if layout.listed:
+            warn_once(self, f"{type(self).__name__}(flat=True): {len(layout.listed)} param(s) of group {index} "
+                      "take the list path (same numbers, not one buffer): their memory belongs to another "
+                      "tensor or engine (views, DTensor shards, tensor subclasses), so it stays where it is")
+        for run in layout.runs:
+            for position, param in enumerate(run.params):
+                param_state = self.state.get(param)
+                if param_state and all(name in param_state for name in names):
+                    run.adopt_state(position, param_state, names, layout.scalar)
+                    run.take_grad(position)
+        return layout
+
+    def _update_in_chunks(self, group: dict[str, Any], plan: Plan) -> None:
         """``_update`` on runs of params small enough that its temporaries (the grads the kernel
-        prepares for ``maximize`` or coupled weight decay, and its own) stay within the budget."""
-        names = tuple(state)
-        lists = [params, grads, step, *state.values()]
-        scalar = [2] + [3 + names.index(name) for name in self.scalar_state_names if name in names]
-        if kernel_made or not self.elementwise:  # the kernel fills lists we pass (SGD's first step)
-            runs = [lists]
-        elif self.compiled:
-            runs = [lists]  # compiled rules allocate nothing: one call, not one per chunk
+        prepares for ``maximize`` or coupled weight decay, and its own) stay within the budget.
+        DTensors reach the kernel as their local shards."""
+        lists = {"params": plan.params, "grads": plan.grads, "step": plan.steps, **plan.state}
+        lists = {name: None if tensors is None else [local(t) for t in tensors] for name, tensors in lists.items()}
+        shared = {"step", *self.scalar_state_names}
+        positions = [i for i, name in enumerate(lists) if name in shared]
+        if plan.kernel_made or not self.elementwise or self.compiled:
+            # the kernel fills lists we pass (SGD's first step), reads whole tensors, or allocates
+            # nothing (compiled rules): one call
+            runs = [list(lists.values())]
         else:
-            runs = chunks(lists, _math.TEMPORARY_BYTES // _TEMPORARY_LISTS, shared=scalar)
-        runs = list(runs)
+            runs = list(chunks(list(lists.values()), _math.TEMPORARY_BYTES // _TEMPORARY_LISTS, shared=positions))
         before: dict[int, Tensor] = {}
-        for params_, grads_, step_, *state_ in runs:
+        for run in runs:
+            named = dict(zip(lists, run))
             if len(runs) > 1:  # a param cut in slices: each slice starts from the 0-d state it had
-                self._restore(before, [state_[i - 3] for i in scalar[1:]])
-            self._update(group, params_, grads_, dict(zip(names, state_)), step_)
+                self._restore(before, [named[name] for name in self.scalar_state_names if name in named])
+            params, grads, step = named.pop("params"), named.pop("grads"), named.pop("step")
+            self._update(group, params, grads, named, step)
+        for name in plan.kernel_made:  # the kernel filled in the list it was given (one run)
+            plan.state[name] = lists[name]
 
     @staticmethod
     def _restore(before: dict[int, Tensor], scalar_lists: list[list[Tensor]]) -> None:
@@ -248,70 +294,12 @@ class KernelOptimizer(Optimizer):
                 else:
                     before[id(tensor)] = tensor.clone()
 
-    # --- flat storage --------------------------------------------------------------------------
-    def _flat_batch(self, index: int, group: dict[str, Any]) -> _FlatBatch | None:
-        """This group's flat buffers when every param with a grad is in them, else None."""
-        flat_group = self._flat_groups.get(index)
-        if flat_group is None:
-            return None
-        self._check_group(group)
-        self._check_grads(group)
-        if flat_group.untouched(group["params"]):
-            return _FlatBatch(flat_group.buffers(), gather=False)
-        with_grads = [param for param in group["params"] if param.grad is not None]
-        if len(with_grads) != flat_group.count:
-            return None
-        for positions, buffers in flat_group.runs:
-            if not buffers.holds([with_grads[i] for i in positions]) or not buffers.grads_gatherable():
-                return None
-        return _FlatBatch(flat_group.buffers(), gather=True)
-
-    def _step_flat(self, group: dict[str, Any], flat_buffers: list[FlatBuffers], *, gather: bool) -> None:
-        for buffers in flat_buffers:
-            if gather:  # some grad is not our view: copy it in
-                buffers.gather_grads()
-            if "step" in buffers.state:
-                buffers.state["step"].add_(1)
-            params, grads, state = buffers.lists()
-            self._update_in_chunks(group, params, grads, state, state.pop("step", None))
-            buffers.advance()
-
-    def _flatten(self, index: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> bool:
-        """Pack the group's params with grads into flat buffers, if all of them can be."""
-        self._flat_groups.pop(index, None)
-        if not all(flattenable(param, grad) for param, grad in zip(params, grads)):
-            return False
+    def _collect(self, group: dict[str, Any], params: list[Tensor]) -> Plan:
+        """torch.optim's lists for ``params``: their grads and state, new state made (not stored)."""
         names = self._all_state_names(group)
-        runs: dict[tuple, list[int]] = {}
-        for position, param in enumerate(params):
-            runs.setdefault((param.device, param.dtype), []).append(position)
-        packed = []
-        for positions in runs.values():
-            run_params = [params[i] for i in positions]
-            param_states = [self.state[param] for param in run_params]
-            state = {name: [param_state[name] for param_state in param_states] for name in names}
-            if not FlatBuffers.uniform(state, self.scalar_state_names):
-                return False
-            packed.append((positions, (run_params, [grads[i] for i in positions], state, param_states)))
-        self._flat_groups[index] = FlatGroup.pack(group["params"], [
-            (positions, FlatBuffers(*args, self.scalar_state_names)) for positions, args in packed])
-        return True
-
-    def _collect(self, group: dict[str, Any]):
-        self._check_group(group)
-        self._check_grads(group)
-        names = self._all_state_names(group)
-        params, grads = [], []
-        state: dict[str, list] = {name: [] for name in names}
-        created, kernel_made = [], set()
-        for param in group["params"]:
-            grad = param.grad
-            if grad is None:
-                continue
-            if grad.is_sparse and not self.takes_sparse_grads:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            params.append(param)
-            grads.append(grad)
+        plan = Plan(params=list(params), grads=[param.grad for param in params],
+                    state={name: [] for name in names})
+        for param in params:
             param_state = self.state.get(param, {})
             new_state = {}
             for name in names:
@@ -319,18 +307,23 @@ class KernelOptimizer(Optimizer):
                 if tensor is None:
                     tensor = self._new_state(name, param, group)
                     if tensor is None:
-                        kernel_made.add(name)
+                        plan.kernel_made.add(name)
                     else:
                         new_state[name] = tensor
-                state[name].append(tensor)
+                plan.state[name].append(tensor)
             if new_state:
-                created.append((param, new_state))
-        shaped = {name: tensors for name, tensors in state.items()
-                  if name != "step" and name not in self.scalar_state_names}
-        check_tensor_lists(fillable=tuple(kernel_made), sparse=("grads",) if self.takes_sparse_grads else (),
-                           params=params, grads=grads, **shaped)
-        check_scalar_lists(len(params), **{name: state[name] for name in self.scalar_state_names if name in state})
-        return params, grads, state, created, kernel_made
+                plan.created.append((param, new_state))
+        steps = plan.state.pop("step", None)
+        if steps is not None:
+            plan.steps = steps
+            plan.before.append(lambda: _advance_steps(steps))
+        shaped = {name: [local(t) for t in tensors] for name, tensors in plan.state.items()
+                  if name not in self.scalar_state_names}
+        check_tensor_lists(fillable=tuple(plan.kernel_made), sparse=("grads",) if self.takes_sparse_grads else (),
+                           params=[local(p) for p in plan.params], grads=[local(g) for g in plan.grads], **shaped)
+        check_scalar_lists(len(params), **{name: plan.state[name] for name in self.scalar_state_names
+                                           if name in plan.state})
+        return plan
 
     def _all_state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("step",) + self._state_names(group) if self.counts_steps else self._state_names(group)
@@ -339,3 +332,13 @@ class KernelOptimizer(Optimizer):
         if name == "step":
             return torch.tensor(0.0, dtype=_scalar_dtype())
         return self._init_state(name, param, group)
+
+
+_MODES = ("flat", "compiled")
+
+
+def _advance_steps(steps: list[Tensor]) -> None:
+    if steps[0].is_cpu:  # as torch.optim: a Python 1 becomes a tensor per param (3 ms for 1,000)
+        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+    else:
+        torch._foreach_add_(steps, 1)

@@ -1,0 +1,351 @@
+"""How a param group's tensors are laid out for its kernel: one home for lists, flat buffers and
+sharded (DTensor) params.
+
+A step of a group is a :class:`Plan`: the kernel's lists by name, made and checked before any
+tensor changes, then run. :func:`list_plan` gives torch.optim's lists (every param whose grad is
+not None, DTensors as their local shards). With ``flat=True`` a :class:`FlatLayout` keeps each
+(device, dtype) run of the group's params, grads and state as views of one buffer per kind, and
+its plan hands the kernel slices of those buffers: the whole buffer when every param has a
+grad and they all agree on their step count, otherwise one slice per contiguous run of params
+that step together. Which params step is always torch's rule (the grad is not None), in every
+layout.
+
+Storage that others own stays put. A run whose params already lie back to back in one storage
+(ZeroRedundancyOptimizer's bucket views, a previous flat buffer of ours) is adopted as it is;
+params that each own their storage are moved into a new buffer (``param.data`` becomes a view,
+strides kept); any other params (views into someone else's tensors, FSDP2's DTensor shards,
+tensor subclasses) take the list path, after one warning.
+
+Grads: ``zero_grad()`` sets them to None as torch does and drops the flat grad buffer (its
+memory is freed, as torch frees grads). A post-accumulate-grad hook moves each grad into the
+buffer (allocated by the first one to arrive) as backward produces it, so a full second copy of
+the grads never exists; grads that arrive any other way (set by hand, by DDP's bucket views) are
+copied in when the step starts.
+"""
+
+import operator
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+
+
+@dataclass
+class Plan:
+    """One group's step, checked and not yet started: the kernel's parallel lists by name.
+
+    ``steps`` holds one 0-d step count per tensor (``None`` for optimizers that keep none);
+    ``state`` one list per state name; ``created`` the state new params get, stored when the
+    step starts; ``kernel_made`` the state names the kernel fills in (``None`` entries: SGD's
+    first momentum buffers). ``begin`` and ``end`` run around the kernel.
+    """
+
+    params: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    steps: list[Tensor] | None = None
+    state: dict[str, list] = field(default_factory=dict)
+    created: list[tuple[Tensor, dict[str, Tensor]]] = field(default_factory=list)
+    kernel_made: set[str] = field(default_factory=set)
+    # what a layout does before and after the kernel (gather grads, advance steps, spread 0-d state)
+    before: list[Callable[[], None]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    def extend(self, other: "Plan") -> None:
+        self.params += other.params
+        self.grads += other.grads
+        if other.steps is not None:
+            self.steps = (self.steps or []) + other.steps
+        for name, tensors in other.state.items():
+            self.state.setdefault(name, []).extend(tensors)
+        self.created += other.created
+        self.kernel_made |= other.kernel_made
+        self.before += other.before
+        self.after += other.after
+
+
+# --- DTensors ---------------------------------------------------------------------------------
+def dtensor_type() -> type | None:
+    """torch's DTensor class if it was imported (no DTensor exists otherwise)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def local(tensor: Tensor | None) -> Tensor | None:
+    """The tensor a kernel updates: a DTensor's local shard (updated in place, it is the
+    DTensor's data), any other tensor itself."""
+    dtensor = dtensor_type()
+    if dtensor is not None and isinstance(tensor, dtensor):
+        return tensor.to_local()
+    return tensor
+
+
+def is_sharded(tensor: Tensor) -> bool:
+    """A DTensor whose local tensor is not the whole (a ``Shard`` or ``Partial`` placement)."""
+    dtensor = dtensor_type()
+    return (dtensor is not None and isinstance(tensor, dtensor)
+            and not all(placement.is_replicate() for placement in tensor.placements))
+
+
+# --- flat buffers -----------------------------------------------------------------------------
+def _dense(tensor: Tensor) -> bool:
+    return type(tensor) in (Tensor, torch.nn.Parameter) and not tensor.is_sparse and is_non_overlapping_and_dense(tensor)
+
+
+def _back_to_back(params: Sequence[Tensor]) -> bool:
+    """The params' elements fill one stretch of one storage, in order, with no gaps."""
+    first = params[0]
+    storage = first.untyped_storage().data_ptr()
+    offset = first.storage_offset()
+    for param in params:
+        if param.untyped_storage().data_ptr() != storage or param.storage_offset() != offset:
+            return False
+        offset += param.numel()
+    return True
+
+
+def _owns_storage(param: Tensor, ours: set[int]) -> bool:
+    """Nobody else sees this param's memory: it fills its storage, or the storage is a flat
+    buffer of ours."""
+    storage = param.untyped_storage()
+    return (storage.data_ptr() in ours
+            or (param.storage_offset() == 0 and storage.nbytes() == param.numel() * param.element_size()))
+
+
+class FlatRun:
+    """The params of one device and dtype in a group, their grads and state, each kind as views
+    of one 1-D buffer in the params' order. 0-d state (the step count, NAdam's ``mu_product``)
+    is a 1-D buffer of one element per param."""
+
+    def __init__(self, params: list[Tensor], *, adopt: bool) -> None:
+        self.params = params
+        self.offsets = [0]
+        for param in params:
+            self.offsets.append(self.offsets[-1] + param.numel())
+        first = params[0]
+        if adopt:  # the params already fill this stretch: use it as it is
+            self.param_buffer = first.detach().as_strided((self.offsets[-1],), (1,), first.storage_offset())
+        else:
+            self.param_buffer = first.new_empty(self.offsets[-1])
+            views = self.views(self.param_buffer)
+            torch._foreach_copy_(views, [param.data for param in params])
+            for param, view in zip(params, views):
+                param.data = view
+        self.data_ptrs = [param.data_ptr() for param in params]
+        self.grad_buffer: Tensor | None = None
+        self.grad_views: list[Tensor] = []
+        self.state: dict[str, Tensor] = {}  # by name: the buffer
+        self.state_views: dict[str, list[Tensor]] = {}
+        self.stateful = [False] * len(params)  # holds every state tensor in the buffers
+
+    def views(self, buffer: Tensor) -> list[Tensor]:
+        """Views of a buffer laid out as the params (shape and strides)."""
+        return [buffer.as_strided(param.shape, param.stride(), buffer.storage_offset() + offset)
+                for param, offset in zip(self.params, self.offsets)]
+
+    def intact(self) -> bool:
+        return all(param.data_ptr() == ptr for param, ptr in zip(self.params, self.data_ptrs))
+
+    # grads
+    def grad_view(self, index: int) -> Tensor:
+        if self.grad_buffer is None:
+            self.grad_buffer = self.param_buffer.new_empty(self.param_buffer.shape)
+            self.grad_views = self.views(self.grad_buffer)
+        return self.grad_views[index]
+
+    def take_grad(self, index: int) -> None:
+        """Move the param's grad into the buffer, if it can go there (a post-accumulate-grad hook)."""
+        param = self.params[index]
+        grad = param.grad
+        if grad is None or (self.grad_views and grad is self.grad_views[index]):
+            return
+        if grad.requires_grad or grad.is_sparse or grad.shape != param.shape or grad.dtype != param.dtype:
+            return  # a grad with a graph (create_graph=True) or of another kind: the step copies it
+        view = self.grad_view(index)
+        view.copy_(grad)
+        param.grad = view
+
+    def release_grads(self) -> None:
+        self.grad_buffer, self.grad_views = None, []
+
+    # state
+    def adopt_state(self, index: int, param_state: dict[str, Any], names: Iterable[str], scalar: set[str]) -> None:
+        """Copy a param's state tensors into their buffers and store the views in its place."""
+        for name in names:
+            value = param_state[name]
+            if name not in self.state:
+                if name in scalar:
+                    self.state[name] = value.new_zeros(len(self.params))
+                    self.state_views[name] = list(self.state[name].unbind())
+                else:
+                    self.state[name] = self.param_buffer.new_zeros(self.param_buffer.shape)
+                    self.state_views[name] = self.views(self.state[name])
+            view = self.state_views[name][index]
+            view.copy_(value)
+            param_state[name] = view
+        self.stateful[index] = True
+
+
+class FlatLayout:
+    """A group's flat runs, and the params that take the list path (see the module's docstring)."""
+
+    def __init__(self, group_params: list[Tensor], names: tuple[str, ...], scalar_names: tuple[str, ...],
+                 ours: set[int]) -> None:
+        self.group_params = list(group_params)
+        self.names = names
+        self.scalar = set(scalar_names) | {"step"}
+        self.runs: list[FlatRun] = []
+        self.listed: list[Tensor] = []  # params the flat buffers cannot hold
+        by_kind: dict[tuple, list[Tensor]] = {}
+        for param in group_params:
+            if param.requires_grad and _dense(param):
+                by_kind.setdefault((param.device, param.dtype), []).append(param)
+            elif param.requires_grad:
+                self.listed.append(param)
+        for params in by_kind.values():
+            if _back_to_back(params):
+                self.runs.append(FlatRun(params, adopt=True))
+            elif all(_owns_storage(param, ours) for param in params):
+                self.runs.append(FlatRun(params, adopt=False))
+            else:
+                self.listed += params
+        self.where = {id(run.params[i]): (run, i) for run in self.runs for i in range(len(run.params))}
+        self.hooks = [param.register_post_accumulate_grad_hook(_grad_hook(run, index))
+                      for run in self.runs for index, param in enumerate(run.params)]
+
+    def storages(self) -> set[int]:
+        return {run.param_buffer.untyped_storage().data_ptr() for run in self.runs}
+
+    def close(self) -> None:
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks = []
+
+    def valid(self, group_params: list[Tensor], names: tuple[str, ...]) -> bool:
+        """Still the group's layout: the same params, none given new storage, the same state names."""
+        return (names == self.names and len(group_params) == len(self.group_params)
+                and all(map(operator.is_, group_params, self.group_params))
+                and all(run.intact() for run in self.runs))
+
+    def plan(self, state: dict, list_plan: Callable[[list[Tensor]], Plan]) -> Plan:
+        """The step of the params whose grads are not None: flat runs as slices, new params and
+        the params the buffers cannot hold through ``list_plan``."""
+        listed = [param for param in self.listed if param.grad is not None]
+        flat = Plan(steps=[] if "step" in self.names else None,
+                    state={name: [] for name in self.names if name != "step"})
+        for run in self.runs:
+            grads = [param.grad for param in run.params]
+            if run.grad_views and all(map(operator.is_, grads, run.grad_views)) and all(run.stateful):
+                stepping = range(len(run.params))  # the usual case: nothing to look at per param
+            else:
+                stepping = [i for i, grad in enumerate(grads) if grad is not None]
+                # new params (no state yet) and sparse grads (Adagrad's) step on the list path
+                by_list = [i for i in stepping if not run.stateful[i] or grads[i].is_sparse]
+                listed += [run.params[i] for i in by_list]
+                stepping = [i for i in stepping if not (by_list and i in set(by_list))]
+                for i in stepping:
+                    _check_grad(run.params[i], grads[i])
+                stale = [i for i in stepping if not (run.grad_views and grads[i] is run.grad_views[i])]
+                if stale:
+                    flat.before.append(_gatherer(run, stale))
+            if stepping:
+                self._add_slices(flat, run, stepping)
+        plan = list_plan(listed) if listed else Plan()
+        if listed:
+            plan.after.append(lambda: self._adopt(listed, state))
+        plan.extend(flat)
+        return plan
+
+    def _add_slices(self, plan: Plan, run: FlatRun, stepping: Sequence[int]) -> None:
+        """One slice of every buffer per run of params that step together with equal 0-d state."""
+        scalar_names = [name for name in self.names if name in self.scalar]
+        keys = list(zip(*(run.state[name].tolist() for name in scalar_names))) if scalar_names else None
+        spans, start = [], stepping[0]
+        for previous, index in zip(stepping, stepping[1:]):
+            if index != previous + 1 or (keys and keys[index] != keys[start]):
+                spans.append((start, previous + 1))
+                start = index
+        spans.append((start, stepping[-1] + 1))
+        run.grad_view(0)  # allocates the grad buffer if backward has not
+        for first, stop in spans:
+            elements = slice(run.offsets[first], run.offsets[stop])
+            plan.params.append(run.param_buffer[elements])
+            plan.grads.append(run.grad_buffer[elements])
+            for name in self.names:
+                if name == "step":
+                    plan.steps.append(run.state["step"][first])
+                elif name in self.scalar:
+                    plan.state[name].append(run.state[name][first])
+                else:
+                    plan.state[name].append(run.state[name][elements])
+            plan.before.append(_advance(run, first, stop) if "step" in self.names else _nothing)
+            if stop - first > 1 and len(scalar_names) > ("step" in self.names):
+                plan.after.append(_spread(run, first, stop, [n for n in scalar_names if n != "step"]))
+
+    def _adopt(self, params: list[Tensor], state: dict) -> None:
+        """After their first step (or any step on the list path), params the buffers can hold
+        move their state in."""
+        for param in params:
+            found = self.where.get(id(param))
+            param_state = state.get(param)
+            if found is None or not param_state or not all(name in param_state for name in self.names):
+                continue
+            run, index = found
+            run.adopt_state(index, param_state, self.names, self.scalar)
+            run.take_grad(index)
+
+
+def _check_grad(param: Tensor, grad: Tensor) -> None:
+    for what in ("shape", "dtype", "device"):
+        if getattr(grad, what) != getattr(param, what):
+            raise RuntimeError(f"a grad of {what} {getattr(grad, what)} was set on a param of {what} "
+                               f"{getattr(param, what)}")
+
+
+def _nothing() -> None:
+    pass
+
+
+def _gatherer(run: FlatRun, indices: list[int]) -> Callable[[], None]:
+    def gather() -> None:  # grads put in place of the buffer's views (by hand, by DDP): copy them in
+        views = [run.grad_view(i) for i in indices]
+        torch._foreach_copy_(views, [run.params[i].grad for i in indices])
+        for i, view in zip(indices, views):
+            run.params[i].grad = view
+    return gather
+
+
+def _advance(run: FlatRun, first: int, stop: int) -> Callable[[], None]:
+    return lambda: run.state["step"][first:stop].add_(1)
+
+
+def _spread(run: FlatRun, first: int, stop: int, names: list[str]) -> Callable[[], None]:
+    def spread() -> None:  # the kernel updated the first param's 0-d state for the whole slice
+        for name in names:
+            buffer = run.state[name]
+            buffer[first + 1:stop] = buffer[first]
+    return spread
+
+
+def _grad_hook(run: FlatRun, index: int) -> Callable[[Tensor], None]:
+    ref = weakref.ref(run)
+
+    def move_grad(param: Tensor) -> None:
+        target = ref()
+        if target is not None:
+            target.take_grad(index)
+    return move_grad
+
+
+def warn_once(optimizer: Any, message: str) -> None:
+    """One warning per optimizer and message."""
+    seen = optimizer.__dict__.setdefault("_warned", set())
+    if message not in seen:
+        seen.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
