@@ -43,6 +43,10 @@ def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], *,
     (coupled L2 decay), and the param is multiplied by ``param_scale`` (decoupled decay; a value
     of 1 too: an lr schedule that reaches 0 must not switch graphs), as torch.optim orders them.
     """
+    if torch.compiler.is_compiling():  # inside an outer torch.compile: the rule is traced into its graph
+        _traced(rule, tensor_lists, weight_decay=weight_decay, maximize=maximize, param_scale=param_scale,
+                **scalars)
+        return
     if maximize or weight_decay or param_scale is not None:
         rule = _prepared(rule, maximize=maximize, decays_grad=bool(weight_decay),
                          scales_param=param_scale is not None)
@@ -60,6 +64,22 @@ def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], *,
     columns = [lst if lst is not None else [None] * count for lst in tensor_lists]
     for tensors in zip(*columns):
         step(*_flattened(tensors), scalars=values, **branches)
+
+
+def _traced(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], *, weight_decay, maximize,
+            param_scale, **scalars) -> None:
+    """``run_compiled`` as a part of an outer graph: the rule and torch's preparation (as
+    :func:`_prepared` orders it), per tensor, with the scalars as they come (tensors or numbers
+    that dynamo keeps symbolic)."""
+    count = len(tensor_lists[0])
+    for param, grad, *state in zip(*[lst if lst is not None else [None] * count for lst in tensor_lists]):
+        if maximize:
+            grad = -grad
+        if weight_decay:
+            grad = grad + param * weight_decay
+        if param_scale is not None:
+            param.mul_(param_scale)
+        rule(param, grad, *state, **scalars)
 
 
 def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
@@ -124,16 +144,17 @@ def _runner(rule: Rule, names: tuple[str, ...], dtype: torch.dtype, device: torc
     if not torch._dynamo.is_dynamo_supported():
         return _fall_back(rule, unpacked, RuntimeError("torch.compile is not supported on this Python or platform"))
     fast = torch.compile(unpacked, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True})
-    from torch._dynamo.exc import BackendCompilerFailed  # imported here: inductor is slow to import
-    from torch._inductor.exc import InductorError
 
     def call(*args, **kwargs):
         if rule in _EAGER:
             return unpacked(*args, **kwargs)
         try:
             return fast(*args, **kwargs)
-        except (BackendCompilerFailed, InductorError) as error:
-            # raised while compiling, before any tensor is written
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure of dynamo, inductor or the C++ compiler
+            # Raised while tracing or compiling (DTensors, a missing compiler, an unsupported
+            # op), before the graph writes any tensor: the same rule runs eagerly instead.
             return _fall_back(rule, unpacked, error)(*args, **kwargs)
     return call
 

@@ -3,6 +3,7 @@ and splitting tensor lists into groups that one foreach call can take."""
 
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -93,6 +94,11 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
     params = tensor_lists[0]
     if not params:
         return
+    if torch.compiler.is_compiling():
+        # traced into a graph (torch.compile around a step): the kernels run their rules, which
+        # allocate nothing; each tensor with its own step count, a tensor, never read as a number
+        yield from _traced(tensor_lists, steps)
+        return
     groups = _group_tensors_by_device_and_dtype([list(tensor_lists[i]) for i in present], with_indices=True)
     for (device, dtype), (sublists, indices) in groups.items():
         full: TensorLists = [None] * len(tensor_lists)
@@ -112,6 +118,15 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
         for value, positions in by_step.items():
             sublists = [None if lst is None else [lst[p] for p in positions] for lst in full]
             yield from ((lists, value) for lists in chunks(sublists, limit, shared=shared_))
+
+
+def _traced(tensor_lists: Sequence[Sequence[Tensor] | None],
+            steps: Sequence | None) -> Iterator[tuple[TensorLists, Any]]:
+    if steps is None:
+        yield [None if lst is None else list(lst) for lst in tensor_lists], None
+        return
+    for index, step in enumerate(steps):
+        yield [None if lst is None else [lst[index]] for lst in tensor_lists], step
 
 
 def chunks(tensor_lists: TensorLists, limit_bytes: int, *,

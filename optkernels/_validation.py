@@ -3,12 +3,15 @@
 They run before anything is mutated, so a call that raises leaves params and state as they were.
 """
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from numbers import Real
+from typing import Any
 from operator import attrgetter, is_
 
+import torch
 from torch import Tensor
 
 
@@ -20,6 +23,29 @@ class UnsupportedOptionError(ValueError, NotImplementedError):
     """
 
 
+def _unchecked_when_traced(passed: Callable[..., Any]) -> Callable[[Callable], Callable]:
+    """Inside torch.compile (around a wrapper's step, which checks its hyperparameters eagerly
+    first) a check returns ``passed(*args)`` instead: reading a hyperparameter as a Python number
+    would make it a constant of the graph, and a new lr a recompile."""
+    def decorate(check: Callable) -> Callable:
+        @functools.wraps(check)
+        def checked(*args, **kwargs):
+            if torch.compiler.is_compiling():
+                return passed(*args, **kwargs)
+            return check(*args, **kwargs)
+        return checked
+    return decorate
+
+
+def _value(name, value, *rest, **options):
+    return value
+
+
+def _first_length(optional=(), fillable=(), sparse=(), **lists) -> int:
+    return len(next(lst for lst in lists.values() if lst is not None))
+
+
+@_unchecked_when_traced(lambda value, name: value)
 def as_float(value, name: str) -> float:
     """A hyperparameter as a Python float: numbers and 1-element tensors, as torch.optim takes."""
     if isinstance(value, Tensor):
@@ -31,6 +57,7 @@ def as_float(value, name: str) -> float:
     return float(value)
 
 
+@_unchecked_when_traced(_value)
 def check_nonnegative(name: str, value, label: str | None = None) -> float:
     """``value`` is finite and >= 0; the message starts as torch.optim's does (``Invalid ... value``)."""
     number = as_float(value, name)
@@ -40,6 +67,7 @@ def check_nonnegative(name: str, value, label: str | None = None) -> float:
     return number
 
 
+@_unchecked_when_traced(_value)
 def check_finite(name: str, value) -> float:
     number = as_float(value, name)
     if not math.isfinite(number):
@@ -47,6 +75,7 @@ def check_finite(name: str, value) -> float:
     return number
 
 
+@_unchecked_when_traced(_value)
 def check_beta(name: str, value, index: int | None = None) -> float:
     """``value`` lies in [0, 1)."""
     number = as_float(value, name)
@@ -56,6 +85,7 @@ def check_beta(name: str, value, index: int | None = None) -> float:
     return number
 
 
+@_unchecked_when_traced(_value)
 def check_flag(name: str, value) -> bool:
     """A switch such as ``maximize``: ``True`` or ``False``, not a truthy stand-in."""
     if not isinstance(value, bool):
@@ -63,10 +93,12 @@ def check_flag(name: str, value) -> bool:
     return value
 
 
+@_unchecked_when_traced(lambda lr: lr)
 def check_lr(lr) -> float:
     return check_nonnegative("lr", lr, label="learning rate")
 
 
+@_unchecked_when_traced(lambda eps: eps)
 def check_eps(eps) -> float:
     return check_nonnegative("eps", eps, label="epsilon value")
 
@@ -79,6 +111,7 @@ def optional_list(tensors):
     return tensors
 
 
+@_unchecked_when_traced(_first_length)
 def check_tensor_lists(optional: tuple[str, ...] = (), fillable: tuple[str, ...] = (),
                        sparse: tuple[str, ...] = (), **lists: Sequence[Tensor | None] | None) -> int:
     """Check that the named lists line up with the first one (the params).
@@ -152,6 +185,10 @@ def _explain(name: str, lst: Sequence, ref_name: str, ref: Sequence[Tensor], non
 
 def step_values(step, count: int) -> list[float]:
     """The step count of each tensor as floats: ``step`` is one int or 0-d tensor, or one per tensor."""
+    if torch.compiler.is_compiling() and isinstance(step, Sequence) and len(step) == count:
+        # inside torch.compile (around a wrapper's step): counts stay tensors, read in the graph,
+        # so a new count is a new input, not a new constant to recompile for
+        return [s if isinstance(s, Tensor) else float(s) for s in step]
     if isinstance(step, Tensor) and step.dim() == 0 or isinstance(step, Real):
         values = [_step_value(step, "step")] * count
     elif isinstance(step, Sequence) and not isinstance(step, (str, bytes)):
@@ -180,6 +217,7 @@ def _step_value(step, name: str) -> float:
     return float(value)
 
 
+@_unchecked_when_traced(lambda count, **lists: None)
 def check_scalar_lists(count: int, **lists: Sequence[Tensor]) -> None:
     """Each named list holds ``count`` 1-element real floating tensors: per-param scalar state
     (NAdam's ``mu_products``, ASGD's ``mus`` and ``etas``), 0-d as torch.optim keeps it."""

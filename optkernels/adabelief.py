@@ -88,7 +88,7 @@ def adabelief_update(
         [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars], steps,
         temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             adaptive, step_size = True, lr / bias_correction(beta1, t)
             if rectify:
                 factor, adaptive = _rectification(t, beta1, beta2)

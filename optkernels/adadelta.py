@@ -67,7 +67,7 @@ def adadelta_update(
         [params, grads, square_avgs, acc_deltas],  # the foreach path makes stds and deltas
         temporaries=temporaries(2, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             run_compiled(adadelta_rule, [params_, grads_, square_avgs_, acc_deltas_], weight_decay=weight_decay,
                          maximize=maximize, lr=lr, rho=rho, eps=eps)
             continue

@@ -86,7 +86,7 @@ def adagrad_update(
         dense_lists, dense_steps,
         temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             run_compiled(adagrad_rule, [params_, grads_, state_sums_], weight_decay=weight_decay, maximize=maximize,
                          lr=_decayed_lr(lr, lr_decay, t), eps=eps)
             continue
@@ -109,15 +109,15 @@ def _sparse_update(param: Tensor, grad: Tensor, state_sum: Tensor, *, lr: float,
     """The rule on the entries a sparse gradient holds; torch's ``_single_tensor_adagrad`` sparse
     branch, op for op. Duplicate indices are summed first (the update is not linear in g)."""
     grad = grad.coalesce()
-    values = grad._values()
+    values = grad.values()
     state_sum.add_(_like_sparse(grad, values.pow(2)))
-    stds = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
+    stds = state_sum.sparse_mask(grad).values().sqrt_().add_(eps)
     param.add_(_like_sparse(grad, values / stds), alpha=-lr)
 
 
 def _like_sparse(grad: Tensor, values: Tensor) -> Tensor:
     # the indices come from a coalesced tensor: valid, so skip torch's checks (and their warning)
-    return torch.sparse_coo_tensor(grad._indices(), values, grad.size(), check_invariants=False)
+    return torch.sparse_coo_tensor(grad.indices(), values, grad.size(), check_invariants=False)
 
 
 def adagrad_rule(param, grad, state_sum, *, lr, eps) -> None:

@@ -78,7 +78,7 @@ def adam_update(
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs], steps,
         temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             run_compiled(adam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_],
                          weight_decay=weight_decay, maximize=maximize, param_scale=param_scale,
                          beta1=beta1, beta2=beta2, eps=eps,

@@ -69,7 +69,7 @@ def adamax_update(
         [params, grads, exp_avgs, exp_infs], steps,
         temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             run_compiled(adamax_rule, [params_, grads_, exp_avgs_, exp_infs_], weight_decay=weight_decay,
                          maximize=maximize, beta1=beta1, beta2=beta2, eps=eps,
                          step_size=lr / bias_correction(beta1, t))

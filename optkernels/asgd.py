@@ -99,7 +99,7 @@ def asgd_update(
         [params, grads, axs], keys,
         temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             run_compiled(asgd_rule, [params_, grads_, axs_], weight_decay=weight_decay, maximize=maximize,
                          decay=1 - lambd * eta, eta=eta,
                          mu=mu if mu != 1 else None)

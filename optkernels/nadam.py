@@ -110,7 +110,7 @@ def nadam_update(
         temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
         mu_t, mu_next = mu(t), mu(t + 1)
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             _run_nadam_rule([params_, grads_, exp_avgs_, exp_avg_sqs_], mu_products_, lr=lr, beta1=beta1,
                             beta2=beta2, eps=eps, mu=mu_t, mu_next=mu_next, weight_decay=weight_decay,
                             maximize=maximize, param_scale=param_scale,

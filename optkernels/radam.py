@@ -67,7 +67,7 @@ def radam_update(
             step_size = (bias_correction(beta2, t) ** 0.5) * (lr * rect / bias_correction(beta1, t))
         else:
             step_size = lr / bias_correction(beta1, t)
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             run_compiled(radam_rule, [params_, grads_, exp_avgs_, exp_avg_sqs_], weight_decay=weight_decay,
                          maximize=maximize, param_scale=param_scale,
                          beta1=beta1, beta2=beta2, eps=eps, rectified=rectified, step_size=step_size)

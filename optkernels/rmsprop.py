@@ -84,7 +84,7 @@ def rmsprop_update(
         [params, grads, square_avgs, grad_avgs, momentum_buffers],
         temporaries=temporaries(1, compiled=compiled, grads_prepared=bool(weight_decay or maximize))
     ):
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             run_compiled(rmsprop_rule, [params_, grads_, square_avgs_, grad_avgs_, buffers_],
                          weight_decay=weight_decay, maximize=maximize, lr=lr, alpha=alpha, eps=eps,
                          momentum=momentum)

@@ -76,7 +76,7 @@ def rprop_update(
     for (params_, grads_, prevs_, step_sizes_), _ in grouped(
         [params, grads, prevs, step_sizes], temporaries=temporaries(1, compiled=compiled, grads_prepared=maximize)
     ):
-        if compiled:
+        if compiled or torch.compiler.is_compiling():
             run_compiled(rprop_rule, [params_, grads_, prevs_, step_sizes_], maximize=maximize,
                          etaminus=etaminus, etaplus=etaplus,
                          step_size_min=step_size_min, step_size_max=step_size_max)

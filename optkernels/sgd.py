@@ -59,7 +59,7 @@ def sgd_update(
 
     weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
 
-    if compiled:
+    if compiled or torch.compiler.is_compiling():
         _run_sgd_rule(params, grads, momentum_buffers if momentum != 0 else None, lr=lr, momentum=momentum,
                       dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
         return

@@ -82,19 +82,19 @@ def sparse_adam_update(
 def _update_one(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, t: float, *,
                 lr: float | Tensor, beta1: float, beta2: float, eps: float) -> None:
     grad = grad.coalesce()  # the update is not linear in g, so repeated indices are summed first
-    grad_values = grad._values()
+    grad_values = grad.values()
     if grad_values.numel() == 0:
         return
-    indices = grad._indices()
+    indices = grad.indices()
 
     def at_indices(values: Tensor) -> Tensor:
         return grad.new(indices, values, grad.size())  # torch's constructor, so the adds round alike
 
     # m += (1 - beta1) (g - m) and v += (1 - beta2) (g^2 - v), on the stored entries
-    old_exp_avg_values = exp_avg.sparse_mask(grad)._values()
+    old_exp_avg_values = exp_avg.sparse_mask(grad).values()
     exp_avg_deltas = grad_values.sub(old_exp_avg_values).mul_(1 - beta1)
     exp_avg.add_(at_indices(exp_avg_deltas))
-    old_exp_avg_sq_values = exp_avg_sq.sparse_mask(grad)._values()
+    old_exp_avg_sq_values = exp_avg_sq.sparse_mask(grad).values()
     exp_avg_sq_deltas = grad_values.pow(2).sub_(old_exp_avg_sq_values).mul_(1 - beta2)
     exp_avg_sq.add_(at_indices(exp_avg_sq_deltas))
 

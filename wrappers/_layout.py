@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+from optkernels._torch_private import is_non_overlapping_and_dense
 
 
 @dataclass
@@ -56,6 +56,7 @@ class Plan:
     # what a layout does before and after the kernel (gather grads, advance steps, spread 0-d state)
     before: list[Callable[[], None]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)  # if the kernel raises: steps back
 
     def extend(self, other: "Plan") -> None:
         self.params += other.params
@@ -68,6 +69,7 @@ class Plan:
         self.kernel_made |= other.kernel_made
         self.before += other.before
         self.after += other.after
+        self.undo += other.undo
 
 
 # --- DTensors ---------------------------------------------------------------------------------
@@ -284,7 +286,9 @@ class FlatLayout:
                     plan.state[name].append(run.state[name][first])
                 else:
                     plan.state[name].append(run.state[name][elements])
-            plan.before.append(_advance(run, first, stop) if "step" in self.names else _nothing)
+            if "step" in self.names:
+                plan.before.append(_advance(run, first, stop, 1))
+                plan.undo.append(_advance(run, first, stop, -1))
             if stop - first > 1 and len(scalar_names) > ("step" in self.names):
                 plan.after.append(_spread(run, first, stop, [n for n in scalar_names if n != "step"]))
 
@@ -308,10 +312,6 @@ def _check_grad(param: Tensor, grad: Tensor) -> None:
                                f"{getattr(param, what)}")
 
 
-def _nothing() -> None:
-    pass
-
-
 def _gatherer(run: FlatRun, indices: list[int]) -> Callable[[], None]:
     def gather() -> None:  # grads put in place of the buffer's views (by hand, by DDP): copy them in
         views = [run.grad_view(i) for i in indices]
@@ -321,8 +321,8 @@ def _gatherer(run: FlatRun, indices: list[int]) -> Callable[[], None]:
     return gather
 
 
-def _advance(run: FlatRun, first: int, stop: int) -> Callable[[], None]:
-    return lambda: run.state["step"][first:stop].add_(1)
+def _advance(run: FlatRun, first: int, stop: int, by: int) -> Callable[[], None]:
+    return lambda: run.state["step"][first:stop].add_(by)
 
 
 def _spread(run: FlatRun, first: int, stop: int, names: list[str]) -> Callable[[], None]:

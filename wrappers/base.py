@@ -200,6 +200,10 @@ class KernelOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():
+            # inside torch.compile (torch's "compiling the optimizer" recipe): the checks run
+            # eagerly, outside the graph, which then holds no hyperparameter as a constant
+            _check_eagerly(self)
         # Every group is checked and planned before any tensor changes, so an error changes nothing.
         plans = [self._plan(index, group) for index, group in enumerate(self.param_groups)]
         for index, (group, plan) in enumerate(zip(self.param_groups, plans)):
@@ -207,9 +211,17 @@ class KernelOptimizer(Optimizer):
                 continue
             for param, new_state in plan.created:
                 self.state[param].update(new_state)
-            for action in plan.before:
-                action()
-            self._update_in_chunks(group, plan)
+            try:
+                for action in plan.before:
+                    action()
+                self._update_in_chunks(group, plan)
+            except BaseException:  # step counts go back, new state goes: the step did not happen
+                for action in plan.undo:
+                    action()
+                for param, new_state in plan.created:
+                    for name in new_state:
+                        self.state[param].pop(name, None)
+                raise
             for name in plan.kernel_made:  # state the kernel created in place of None (SGD's buffers)
                 for param, tensor in zip(plan.params, plan.state[name]):
                     self.state[param][name] = tensor
@@ -220,6 +232,15 @@ class KernelOptimizer(Optimizer):
     def _plan(self, index: int, group: dict[str, Any]) -> Plan:
         """This group's step: which params step (those whose grad is not None, as in torch.optim)
         and the kernel's lists for them, in the group's layout."""
+        if not torch.compiler.is_compiling():
+            self._check(group)
+        layout = self._layout(index, group)
+        if layout is None:
+            return self._collect(group, [param for param in group["params"] if param.grad is not None])
+        return layout.plan(self.state, lambda params: self._collect(group, params))
+
+    def _check(self, group: dict[str, Any]) -> None:
+        """Raise for a bad hyperparameter or grad of this group, before any group steps."""
         self._check_group(group)
         self._check_grads(group)
         for param in group["params"]:
@@ -231,10 +252,6 @@ class KernelOptimizer(Optimizer):
                     raise UnsupportedOptionError(
                         f"{type(self).__name__} needs whole tensors (its update is not elementwise) but a "
                         f"param is a sharded DTensor ({param.placements}); use replicated params")
-        layout = self._layout(index, group)
-        if layout is None:
-            return self._collect(group, [param for param in group["params"] if param.grad is not None])
-        return layout.plan(self.state, lambda params: self._collect(group, params))
 
     def _layout(self, index: int, group: dict[str, Any]) -> FlatLayout | None:
         """The group's flat layout (``flat=True``), built or rebuilt when the group changed."""
@@ -269,7 +286,7 @@ class KernelOptimizer(Optimizer):
         lists = {name: None if tensors is None else [local(t) for t in tensors] for name, tensors in lists.items()}
         shared = {"step", *self.scalar_state_names}
         positions = [i for i, name in enumerate(lists) if name in shared]
-        if plan.kernel_made or not self.elementwise or self.compiled:
+        if plan.kernel_made or not self.elementwise or self.compiled or torch.compiler.is_compiling():
             # the kernel fills lists we pass (SGD's first step), reads whole tensors, or allocates
             # nothing (compiled rules): one call
             runs = [list(lists.values())]
@@ -316,7 +333,8 @@ class KernelOptimizer(Optimizer):
         steps = plan.state.pop("step", None)
         if steps is not None:
             plan.steps = steps
-            plan.before.append(lambda: _advance_steps(steps))
+            plan.before.append(lambda: _advance_steps(steps, 1))
+            plan.undo.append(lambda: _advance_steps(steps, -1))
         shaped = {name: [local(t) for t in tensors] for name, tensors in plan.state.items()
                   if name not in self.scalar_state_names}
         check_tensor_lists(fillable=tuple(plan.kernel_made), sparse=("grads",) if self.takes_sparse_grads else (),
@@ -337,8 +355,14 @@ class KernelOptimizer(Optimizer):
 _MODES = ("flat", "compiled")
 
 
-def _advance_steps(steps: list[Tensor]) -> None:
+@torch.compiler.disable
+def _check_eagerly(optimizer: KernelOptimizer) -> None:
+    for group in optimizer.param_groups:
+        optimizer._check(group)
+
+
+def _advance_steps(steps: list[Tensor], by: int) -> None:
     if steps[0].is_cpu:  # as torch.optim: a Python 1 becomes a tensor per param (3 ms for 1,000)
-        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+        torch._foreach_add_(steps, torch.tensor(float(by)), alpha=1.0)
     else:
-        torch._foreach_add_(steps, 1)
+        torch._foreach_add_(steps, by)

@@ -57,7 +57,7 @@ def _assert_same(ours_model, ours, torch_model, reference):
 
 
 def _flat_buffers(optimizer):
-    return [buffers for flat_group in optimizer._flat_groups.values() for buffers in flat_group.buffers()]
+    return [run for layout in optimizer._layouts.values() for run in layout.runs]
 
 
 def test_params_grads_and_state_become_views_of_one_buffer_each():
@@ -86,14 +86,31 @@ def test_zero_grad_styles(zero):
     _assert_same(ours_model, ours, torch_model, reference)
 
 
-def test_zero_grad_keeps_the_gradient_views():
+def test_zero_grad_sets_grads_to_none_and_frees_the_grad_buffer():
     ours_model, ours, _, _ = _pair()
     _train(ours_model, ours, 2)
     (buffers,) = _flat_buffers(ours)
-    views = [p.grad for p in ours_model.parameters()]
+    assert all(p.grad is view for p, view in zip(ours_model.parameters(), buffers.grad_views))
     ours.zero_grad()
+    assert all(p.grad is None for p in ours_model.parameters())
+    assert buffers.grad_buffer is None  # as torch frees the grads: nothing holds that memory
+    _loss(ours_model, 2).backward()  # the hook moves each grad into a new buffer as it comes
+    assert all(p.grad is view for p, view in zip(ours_model.parameters(), buffers.grad_views))
+
+
+def test_zero_grad_without_set_to_none_zeroes_the_views_and_backward_accumulates_into_them():
+    ours_model, ours, torch_model, reference = _pair()
+    _train(ours_model, ours, 2)
+    _train(torch_model, reference, 2)
+    (buffers,) = _flat_buffers(ours)
+    views = list(buffers.grad_views)
+    for model, optimizer in ((ours_model, ours), (torch_model, reference)):
+        optimizer.zero_grad(set_to_none=False)
+        _loss(model, 2).backward()
+        _loss(model, 3).backward()
+        optimizer.step()
     assert all(p.grad is view for p, view in zip(ours_model.parameters(), views))
-    assert not buffers.grad_buffer.any()
+    _assert_same(ours_model, ours, torch_model, reference)
 
 
 def test_replaced_grads_are_gathered():
@@ -242,7 +259,7 @@ def test_sparse_grads_take_the_list_path():
         return embedding, optimizer
     (flat_embedding, flat), (plain_embedding, plain) = run(flat=True), run()
     torch.testing.assert_close(flat_embedding.weight, plain_embedding.weight, **EXACT)
-    assert not _flat_buffers(flat)
+    assert flat_embedding.weight.grad.is_sparse
 
 
 def test_a_failing_step_changes_nothing():
