@@ -88,6 +88,16 @@ def local(tensor: Tensor | None) -> Tensor | None:
     return tensor
 
 
+def like_param(param: Tensor, tensor: Tensor) -> Tensor:
+    """A tensor the kernel made for a param (SGD's first momentum buffer) in the param's kind: a
+    DTensor of the same layout where the param is one, so that checkpoints can reshard it."""
+    dtensor = dtensor_type()
+    if dtensor is not None and isinstance(param, dtensor) and not isinstance(tensor, dtensor):
+        return dtensor.from_local(tensor, param.device_mesh, param.placements, run_check=False,
+                                  shape=param.shape, stride=param.stride())
+    return tensor
+
+
 def is_sharded(tensor: Tensor) -> bool:
     """A DTensor whose local tensor is not the whole (a ``Shard`` or ``Partial`` placement)."""
     dtensor = dtensor_type()

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._layout import FlatLayout, Plan, is_sharded, local, warn_once
+from ._layout import FlatLayout, Plan, is_sharded, like_param, local, warn_once
 
 from optkernels import _math
 from optkernels._math import chunks
@@ -224,7 +224,7 @@ class KernelOptimizer(Optimizer):
                 raise
             for name in plan.kernel_made:  # state the kernel created in place of None (SGD's buffers)
                 for param, tensor in zip(plan.params, plan.state[name]):
-                    self.state[param][name] = tensor
+                    self.state[param][name] = like_param(param, tensor)
             for action in plan.after:
                 action()
         return loss
