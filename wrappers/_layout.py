@@ -135,7 +135,8 @@ class FlatRun:
     of one 1-D buffer in the params' order. 0-d state (the step count, NAdam's ``mu_product``)
     is a 1-D buffer of one element per param."""
 
-    def __init__(self, params: list[Tensor], *, adopt: bool) -> None:
+    def __init__(self, params: list[Tensor], new_state: Callable[[str, Tensor], Tensor | None],
+                 names: Sequence[str], scalar: set[str], *, adopt: bool) -> None:
         self.params = params
         self.offsets = [0]
         for param in params:
@@ -154,7 +155,15 @@ class FlatRun:
         self.grad_views: list[Tensor] = []
         self.state: dict[str, Tensor] = {}  # by name: the buffer
         self.state_views: dict[str, list[Tensor]] = {}
-        self.stateful = [False] * len(params)  # holds every state tensor in the buffers
+        for name in names:
+            if name in scalar:  # of the dtype and device torch keeps it in (the step: a CPU float)
+                self.state[name] = new_state(name, first).new_zeros(len(params))
+                self.state_views[name] = list(self.state[name].unbind())
+            else:
+                self.state[name] = self.param_buffer.new_zeros(self.param_buffer.shape)
+                self.state_views[name] = self.views(self.state[name])
+        self.stateful = [False] * len(params)  # its state is in the buffers (torch has made it)
+        self.state_dicts: list[dict | None] = [None] * len(params)  # each param's, as we left it
 
     def views(self, buffer: Tensor) -> list[Tensor]:
         """Views of a buffer laid out as the params (shape and strides)."""
@@ -183,32 +192,38 @@ class FlatRun:
         view.copy_(grad)
         param.grad = view
 
+    def initialize(self, made: list[tuple[int, dict[str, Tensor]]], state: dict) -> None:
+        """New params' state, as torch.optim makes it, in the buffers."""
+        for index, tensors in made:
+            state[self.params[index]].update(tensors)
+            self.adopt_state(index, state[self.params[index]], tensors)
+
+    def uninitialize(self, made: list[tuple[int, dict[str, Tensor]]], state: dict) -> None:
+        for index, tensors in made:
+            for name in tensors:
+                state[self.params[index]].pop(name, None)
+            self.stateful[index] = False
+            self.state_dicts[index] = state.get(self.params[index])
+
     def release_grads(self) -> None:
         self.grad_buffer, self.grad_views = None, []
 
     # state
-    def adopt_state(self, index: int, param_state: dict[str, Any], names: Iterable[str], scalar: set[str]) -> None:
+    def adopt_state(self, index: int, param_state: dict[str, Any], names: Iterable[str]) -> None:
         """Copy a param's state tensors into their buffers and store the views in its place."""
         for name in names:
-            value = param_state[name]
-            if name not in self.state:
-                if name in scalar:
-                    self.state[name] = value.new_zeros(len(self.params))
-                    self.state_views[name] = list(self.state[name].unbind())
-                else:
-                    self.state[name] = self.param_buffer.new_zeros(self.param_buffer.shape)
-                    self.state_views[name] = self.views(self.state[name])
             view = self.state_views[name][index]
-            view.copy_(value)
+            view.copy_(param_state[name])
             param_state[name] = view
         self.stateful[index] = True
+        self.state_dicts[index] = param_state
 
 
 class FlatLayout:
     """A group's flat runs, and the params that take the list path (see the module's docstring)."""
 
     def __init__(self, group_params: list[Tensor], names: tuple[str, ...], scalar_names: tuple[str, ...],
-                 ours: set[int]) -> None:
+                 new_state: Callable[[str, Tensor], Tensor | None], ours: set[int]) -> None:
         self.group_params = list(group_params)
         self.names = names
         self.scalar = set(scalar_names) | {"step"}
@@ -222,9 +237,9 @@ class FlatLayout:
                 self.listed.append(param)
         for params in by_kind.values():
             if _back_to_back(params):
-                self.runs.append(FlatRun(params, adopt=True))
+                self.runs.append(FlatRun(params, new_state, names, self.scalar, adopt=True))
             elif all(_owns_storage(param, ours) for param in params):
-                self.runs.append(FlatRun(params, adopt=False))
+                self.runs.append(FlatRun(params, new_state, names, self.scalar, adopt=False))
             else:
                 self.listed += params
         self.where = {id(run.params[i]): (run, i) for run in self.runs for i in range(len(run.params))}
@@ -239,45 +254,58 @@ class FlatLayout:
             handle.remove()
         self.hooks = []
 
-    def valid(self, group_params: list[Tensor], names: tuple[str, ...]) -> bool:
-        """Still the group's layout: the same params, none given new storage, the same state names."""
+    def valid(self, group_params: list[Tensor], names: tuple[str, ...], state: dict) -> bool:
+        """Still the group's layout: the same params, none given new storage, the same state names,
+        no param given new state behind our back (ZeroRedundancyOptimizer.load_state_dict)."""
         return (names == self.names and len(group_params) == len(self.group_params)
                 and all(map(operator.is_, group_params, self.group_params))
-                and all(run.intact() for run in self.runs))
+                and all(run.intact() and all(map(operator.is_, map(state.get, run.params), run.state_dicts))
+                        for run in self.runs))
 
-    def plan(self, state: dict, list_plan: Callable[[list[Tensor]], Plan]) -> Plan:
-        """The step of the params whose grads are not None: flat runs as slices, new params and
-        the params the buffers cannot hold through ``list_plan``."""
+    def plan(self, state: dict, list_plan: Callable[[list[Tensor]], Plan],
+             new_state: Callable[[str, Tensor], Tensor | None]) -> Plan:
+        """The step of the params whose grads are not None: flat runs as slices of the buffers;
+        the params the buffers cannot hold, sparse grads and new state the kernel makes itself
+        (SGD's first momentum) through ``list_plan``. New params' state is made in the buffers."""
         listed = [param for param in self.listed if param.grad is not None]
         flat = Plan(steps=[] if "step" in self.names else None,
                     state={name: [] for name in self.names if name != "step"})
         for run in self.runs:
             grads = [param.grad for param in run.params]
+            new: dict[int, dict[str, Tensor]] = {}
             if run.grad_views and all(map(operator.is_, grads, run.grad_views)) and all(run.stateful):
                 stepping = range(len(run.params))  # the usual case: nothing to look at per param
             else:
                 stepping = [i for i, grad in enumerate(grads) if grad is not None]
-                # new params (no state yet) and sparse grads (Adagrad's) step on the list path
-                by_list = [i for i in stepping if not run.stateful[i] or grads[i].is_sparse]
-                listed += [run.params[i] for i in by_list]
-                stepping = [i for i in stepping if not (by_list and i in set(by_list))]
+                new = {i: {name: new_state(name, run.params[i]) for name in self.names}
+                       for i in stepping if not run.stateful[i]}
+                by_list = {i for i in stepping if grads[i].is_sparse
+                           or i in new and any(tensor is None for tensor in new[i].values())}
+                listed += [run.params[i] for i in stepping if i in by_list]
+                stepping = [i for i in stepping if i not in by_list]
                 for i in stepping:
                     _check_grad(run.params[i], grads[i])
                 stale = [i for i in stepping if not (run.grad_views and grads[i] is run.grad_views[i])]
                 if stale:
                     flat.before.append(_gatherer(run, stale))
+                made = [(i, new[i]) for i in stepping if i in new]
+                if made:
+                    flat.before.append(lambda run=run, made=made: run.initialize(made, state))
+                    flat.undo.append(lambda run=run, made=made: run.uninitialize(made, state))
             if stepping:
-                self._add_slices(flat, run, stepping)
+                self._add_slices(flat, run, stepping, new)
         plan = list_plan(listed) if listed else Plan()
         if listed:
             plan.after.append(lambda: self._adopt(listed, state))
         plan.extend(flat)
         return plan
 
-    def _add_slices(self, plan: Plan, run: FlatRun, stepping: Sequence[int]) -> None:
+    def _add_slices(self, plan: Plan, run: FlatRun, stepping: Sequence[int], new: dict[int, dict]) -> None:
         """One slice of every buffer per run of params that step together with equal 0-d state."""
         scalar_names = [name for name in self.names if name in self.scalar]
         keys = list(zip(*(run.state[name].tolist() for name in scalar_names))) if scalar_names else None
+        for i, made in new.items() if keys else ():  # new params start from their initial 0-d state
+            keys[i] = tuple(made[name].item() for name in scalar_names)
         spans, start = [], stepping[0]
         for previous, index in zip(stepping, stepping[1:]):
             if index != previous + 1 or (keys and keys[index] != keys[start]):
@@ -286,16 +314,19 @@ class FlatLayout:
         spans.append((start, stepping[-1] + 1))
         run.grad_view(0)  # allocates the grad buffer if backward has not
         for first, stop in spans:
-            elements = slice(run.offsets[first], run.offsets[stop])
-            plan.params.append(run.param_buffer[elements])
-            plan.grads.append(run.grad_buffer[elements])
+            whole = stop - first == len(run.params)  # the usual case: the buffers as they are
+
+            def part(buffer: Tensor, first=first, stop=stop, whole=whole) -> Tensor:
+                return buffer if whole else buffer[run.offsets[first]:run.offsets[stop]]
+            plan.params.append(part(run.param_buffer))
+            plan.grads.append(part(run.grad_buffer))
             for name in self.names:
                 if name == "step":
                     plan.steps.append(run.state["step"][first])
                 elif name in self.scalar:
                     plan.state[name].append(run.state[name][first])
                 else:
-                    plan.state[name].append(run.state[name][elements])
+                    plan.state[name].append(part(run.state[name]))
             if "step" in self.names:
                 plan.before.append(_advance(run, first, stop, 1))
                 plan.undo.append(_advance(run, first, stop, -1))
@@ -311,7 +342,7 @@ class FlatLayout:
             if found is None or not param_state or not all(name in param_state for name in self.names):
                 continue
             run, index = found
-            run.adopt_state(index, param_state, self.names, self.scalar)
+            run.adopt_state(index, param_state, self.names)
             run.take_grad(index)
 
 

@@ -237,7 +237,8 @@ class KernelOptimizer(Optimizer):
         layout = self._layout(index, group)
         if layout is None:
             return self._collect(group, [param for param in group["params"] if param.grad is not None])
-        return layout.plan(self.state, lambda params: self._collect(group, params))
+        return layout.plan(self.state, lambda params: self._collect(group, params),
+                           lambda name, param: self._new_state(name, param, group))
 
     def _check(self, group: dict[str, Any]) -> None:
         """Raise for a bad hyperparameter or grad of this group, before any group steps."""
@@ -259,13 +260,14 @@ class KernelOptimizer(Optimizer):
             return None
         names = self._all_state_names(group)
         layout = self._layouts.get(index)
-        if layout is not None and layout.valid(group["params"], names):
+        if layout is not None and layout.valid(group["params"], names, self.state):
             return layout
         ours = set()
         if layout is not None:
             ours = layout.storages()
             layout.close()
-        layout = self._layouts[index] = FlatLayout(group["params"], names, self.scalar_state_names, ours)
+        layout = self._layouts[index] = FlatLayout(group["params"], names, self.scalar_state_names,
+                                                   lambda name, param: self._new_state(name, param, group), ours)
         if layout.listed:
             warn_once(self, f"{type(self).__name__}(flat=True): {len(layout.listed)} param(s) of group {index} "
                       "take the list path (same numbers, not one buffer): their memory belongs to another "
@@ -274,8 +276,10 @@ class KernelOptimizer(Optimizer):
             for position, param in enumerate(run.params):
                 param_state = self.state.get(param)
                 if param_state and all(name in param_state for name in names):
-                    run.adopt_state(position, param_state, names, layout.scalar)
+                    run.adopt_state(position, param_state, names)
                     run.take_grad(position)
+                else:
+                    run.state_dicts[position] = param_state
         return layout
 
     def _update_in_chunks(self, group: dict[str, Any], plan: Plan) -> None:

@@ -1,0 +1,1 @@
+"""Our wrappers under torch.distributed engines (DDP, ZeroRedundancyOptimizer, FSDP2) against torch.optim."""
