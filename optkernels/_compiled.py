@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+from ._torch_private import is_dynamo_supported, is_non_overlapping_and_dense
 
 Rule = Callable[..., None]
 
@@ -91,7 +92,7 @@ def _flattened(tensors: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
     param, grad, *state = plain = tuple(None if t is None else t.detach() for t in tensors)
     if all(t is None or t.is_contiguous() for t in plain):  # the usual case, flat buffers included
         return tuple(t if t is None or t.dim() == 1 else t.view(-1) for t in plain)
-    if not is_non_overlapping_and_dense_or_false(param):
+    if not is_non_overlapping_and_dense(param):
         return plain
     strides = param.stride()
     if any(t is not None and t.stride() != strides for t in state):
@@ -141,7 +142,7 @@ def _runner(rule: Rule, names: tuple[str, ...], dtype: torch.dtype, device: torc
     label = f"{rule.__name__}_{str(dtype).removeprefix('torch.')}_{device.type}"
     unpacked.__code__ = unpacked.__code__.replace(co_name=label, co_qualname=label)
     unpacked.__name__ = unpacked.__qualname__ = label
-    if not torch._dynamo.is_dynamo_supported():
+    if not is_dynamo_supported():
         return _fall_back(rule, unpacked, RuntimeError("torch.compile is not supported on this Python or platform"))
     fast = torch.compile(unpacked, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True})
 

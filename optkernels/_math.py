@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+from ._torch_private import group_tensors_by_device_and_dtype
 
 TensorLists = list[list[Tensor] | None]
 
@@ -99,7 +100,7 @@ def grouped(tensor_lists: Sequence[Sequence[Tensor] | None],
         # allocate nothing; each tensor with its own step count, a tensor, never read as a number
         yield from _traced(tensor_lists, steps)
         return
-    groups = _group_tensors_by_device_and_dtype([list(tensor_lists[i]) for i in present], with_indices=True)
+    groups = group_tensors_by_device_and_dtype([list(tensor_lists[i]) for i in present], with_indices=True)
     for (device, dtype), (sublists, indices) in groups.items():
         full: TensorLists = [None] * len(tensor_lists)
         for position, sublist in zip(present, sublists):

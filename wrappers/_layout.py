@@ -231,9 +231,10 @@ class FlatLayout:
         self.listed: list[Tensor] = []  # params the flat buffers cannot hold
         by_kind: dict[tuple, list[Tensor]] = {}
         for param in group_params:
-            if param.requires_grad and _dense(param):
-                by_kind.setdefault((param.device, param.dtype), []).append(param)
-            elif param.requires_grad:
+            # frozen params apart: ZeRO keeps them out of its buckets, which the others then fill
+            if _dense(param):
+                by_kind.setdefault((param.device, param.dtype, param.requires_grad), []).append(param)
+            else:
                 self.listed.append(param)
         for params in by_kind.values():
             if _back_to_back(params):
@@ -244,7 +245,7 @@ class FlatLayout:
                 self.listed += params
         self.where = {id(run.params[i]): (run, i) for run in self.runs for i in range(len(run.params))}
         self.hooks = [param.register_post_accumulate_grad_hook(_grad_hook(run, index))
-                      for run in self.runs for index, param in enumerate(run.params)]
+                      for run in self.runs for index, param in enumerate(run.params) if param.requires_grad]
 
     def storages(self) -> set[int]:
         return {run.param_buffer.untyped_storage().data_ptr() for run in self.runs}

@@ -14,6 +14,8 @@ class AdaBelief(KernelOptimizer):
     torch.optim (an official checkpoint's int steps are converted on load).
     """
 
+    traceable = False  # its rectification switches on at a step count read as a number (as RAdam's): eager inside torch.compile
+
     state_names = ("exp_avg", "exp_avg_var")
     amsgrad_state_name = "max_exp_avg_var"
 

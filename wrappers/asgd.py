@@ -16,6 +16,8 @@ class ASGD(KernelOptimizer):
     dtype on the param's device) and ``ax`` (the running average of the param).
     """
 
+    traceable = False  # its eta and mu are read as numbers: eager inside torch.compile
+
     state_names = ("eta", "mu", "ax")  # torch's order of the keys
     scalar_state_names = ("eta", "mu")
 

@@ -67,6 +67,9 @@ class KernelOptimizer(Optimizer):
     takes_sparse_grads: ClassVar[bool] = False  # True: sparse grads reach ``_update`` (SparseAdam)
     # Each element's update reads only that element: params may be cut into slices and flattened
     elementwise: ClassVar[bool] = True
+    # Inside torch.compile around step(), the step is traced into the graph (its step counts and
+    # hyperparameters stay tensors there); False: it runs eagerly (its scalars are read as numbers)
+    traceable: ClassVar[bool] = True
 
     def __init__(self, params, defaults: dict[str, Any], *, flat: bool = False, compiled: bool = False) -> None:
         """``flat``: keep each group's params, grads and state in one buffer per device and dtype
@@ -196,6 +199,11 @@ class KernelOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        if torch.compiler.is_compiling() and not self.traceable:
+            return _step_eagerly(self, closure)
+        return self._step(closure)
+
+    def _step(self, closure: Callable[[], Any] | None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -357,6 +365,12 @@ class KernelOptimizer(Optimizer):
 
 
 _MODES = ("flat", "compiled")
+
+
+@torch.compiler.disable
+@torch.no_grad()
+def _step_eagerly(optimizer: KernelOptimizer, closure: Callable[[], Any] | None):
+    return optimizer._step(closure)
 
 
 @torch.compiler.disable

@@ -8,6 +8,9 @@ from torch import Tensor
 
 from optkernels.lbfgs import check_hparams, lbfgs_update
 
+from optkernels import UnsupportedOptionError
+
+from ._layout import is_sharded
 from .base import KernelOptimizer
 
 # State entries that torch.optim.LBFGS keeps as flat vectors over all params (or lists of such
@@ -57,6 +60,9 @@ class LBFGS(KernelOptimizer):
         returns the loss. Returns the loss of its first call."""
         group = self.param_groups[0]
         params = group["params"]
+        if any(is_sharded(param) for param in params):
+            raise UnsupportedOptionError("LBFGS needs whole tensors (its directions are dot products over all "
+                                         "params) but a param is a sharded DTensor; use replicated params")
         state = self.state.get(params[0], {}) if params else {}
         _unflatten(state, params)  # a torch checkpoint restored another way (e.g. __setstate__)
         try:

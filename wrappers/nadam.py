@@ -16,6 +16,8 @@ class NAdam(KernelOptimizer):
     scalar dtype, created at 1.0), ``exp_avg`` and ``exp_avg_sq``.
     """
 
+    traceable = False  # its step sizes read each param's mu_product as a number: eager inside torch.compile
+
     state_names = ("mu_product", "exp_avg", "exp_avg_sq")  # torch's order of the keys
     scalar_state_names = ("mu_product",)
 

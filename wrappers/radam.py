@@ -8,6 +8,8 @@ from .base import KernelOptimizer
 class RAdam(KernelOptimizer):
     """RAdam; see :func:`radam_update`."""
 
+    traceable = False  # its rectification switches on at a step count read as a number: eager inside torch.compile
+
     state_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,

@@ -28,6 +28,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01, foreach=False),
     "Muon": dict(lr=0.02),
     "Adafactor": dict(lr=0.01, foreach=False),
+    "LBFGS": dict(lr=0.5),
 }
 
 # Linear(5, 7) then Linear(7, 3): first dims 7 and 3, odd, so 2 ranks shard them unevenly.

@@ -4,7 +4,7 @@ every mode: the full params and state, state sharded as torch shards it, the loc
 place, and a torch.distributed.checkpoint round trip (save ours, load into a fresh model and
 optimizer of ours, train on) against torch's optimizer training on without one.
 
-Muon and Adafactor need whole matrices: on sharded params ours must either give the numbers
+Muon, Adafactor and LBFGS need whole tensors: on sharded params ours must either give the numbers
 torch's optimizer gives on the whole matrices with the same grads (FSDP2's, gathered: an unsharded
 replica stepped alongside) or refuse with a clear error before changing anything.
 
@@ -24,7 +24,9 @@ from tests.distributed._harness import Context, Scenario, Sections, engine_fixtu
 STEPS, MORE_STEPS = 3, 2
 ELEMENTWISE = [Scenario(f"fsdp2-uneven-{mode}-{name}", dict(mode=mode, name=name))
                for mode in common.MODES for name in ("Adam", "AdamW", "SGD")]
-WHOLE_MATRIX = [Scenario(f"fsdp2-uneven-list-{name}", dict(mode="list", name=name)) for name in ("Muon", "Adafactor")]
+WHOLE_MATRIX = [Scenario(f"fsdp2-uneven-list-{name}", dict(mode="list", name=name))
+                for name in ("Muon", "Adafactor", "LBFGS")]
+MUST_REFUSE = ("LBFGS",)  # its closure re-evaluates the model: no reference here to compare with
 SCENARIOS = ELEMENTWISE + WHOLE_MATRIX
 LIBS = ("ours", "torch")
 # Muon orthogonalises in bfloat16 (torch's Newton-Schulz does), so a correct sharded Muon (gathering
@@ -146,6 +148,9 @@ def _whole_matrix(scenario: Scenario, ctx: Context) -> dict:
             whole.grad = common.full(shard.grad)
         before = common.param_values(sharded)
         try:
+            if name == "LBFGS":
+                optimizer.step(lambda: common.loss(sharded, ctx.rank, step))
+                return {"outcome": "stepped", "initial": initial}
             optimizer.step()
         except Exception as error:
             return {**_refusal(error, f"step {step + 1}"), "params_before": before,
@@ -222,6 +227,8 @@ def test_fsdp2_whole_matrix_optimizer_refuses_or_matches_torch(fsdp2_run, scenar
     record_property("outcome", repr(outcomes))
     assert len({outcome for outcome, _, _ in outcomes}) == 1, f"the ranks disagree: {outcomes}"
     for rank, data in enumerate(results):
+        assert not (scenario["name"] in MUST_REFUSE and data["outcome"] == "stepped"), (
+            f"rank {rank}: {scenario['name']} stepped sharded params")
         if data["outcome"] == "stepped":
             _assert_same_training(scenario["name"], data, rank)
             continue
