@@ -44,7 +44,8 @@ class Plan:
     ``steps`` holds one 0-d step count per tensor (``None`` for optimizers that keep none);
     ``state`` one list per state name; ``created`` the state new params get, stored when the
     step starts; ``kernel_made`` the state names the kernel fills in (``None`` entries: SGD's
-    first momentum buffers). ``begin`` and ``end`` run around the kernel.
+    first momentum buffers), for ``kernel_made_for``, the params heading the lists. ``before``
+    and ``after`` run around the kernel; ``undo`` if it raises.
     """
 
     params: list[Tensor] = field(default_factory=list)
@@ -53,12 +54,14 @@ class Plan:
     state: dict[str, list] = field(default_factory=dict)
     created: list[tuple[Tensor, dict[str, Tensor]]] = field(default_factory=list)
     kernel_made: set[str] = field(default_factory=set)
-    # what a layout does before and after the kernel (gather grads, advance steps, spread 0-d state)
+    kernel_made_for: list[Tensor] = field(default_factory=list)  # the params at the head of the lists
+    # the layout's work around the kernel: gather grads, advance steps, spread 0-d state
     before: list[Callable[[], None]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
-    undo: list[Callable[[], None]] = field(default_factory=list)  # if the kernel raises: steps back
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
     def extend(self, other: "Plan") -> None:
+        """``other``'s lists after ours (state the kernel makes, only in the first plan's)."""
         self.params += other.params
         self.grads += other.grads
         if other.steps is not None:

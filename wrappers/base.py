@@ -231,7 +231,7 @@ class KernelOptimizer(Optimizer):
                         self.state[param].pop(name, None)
                 raise
             for name in plan.kernel_made:  # state the kernel created in place of None (SGD's buffers)
-                for param, tensor in zip(plan.params, plan.state[name]):
+                for param, tensor in zip(plan.kernel_made_for, plan.state[name]):
                     self.state[param][name] = like_param(param, tensor)
             for action in plan.after:
                 action()
@@ -337,6 +337,7 @@ class KernelOptimizer(Optimizer):
                     tensor = self._new_state(name, param, group)
                     if tensor is None:
                         plan.kernel_made.add(name)
+                        plan.kernel_made_for = list(params)
                     else:
                         new_state[name] = tensor
                 plan.state[name].append(tensor)

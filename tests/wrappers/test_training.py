@@ -98,12 +98,14 @@ def test_a_param_with_a_grad_on_even_steps_only_steps_as_in_torch(name, mode):
             model[2].bias.requires_grad_(True)
             optimizer.step()
     _assert_same(ours_model, ours, torch_model, reference, _tolerance(mode))
+    assert {id(key) for key in ours.state} <= {id(param) for param in ours_model.parameters()}
     if name != "SGD":
         assert ours.state[ours_model[2].bias]["step"].item() == 5
 
 
-def test_a_param_whose_first_grad_comes_late_joins_the_flat_buffer():
-    ours_model, ours, torch_model, reference = _pair("flat")
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])  # SGD: the kernel makes the first momentum
+def test_a_param_whose_first_grad_comes_late_joins_the_flat_buffer(name):
+    ours_model, ours, torch_model, reference = _pair("flat", name, **(dict(momentum=0.9) if name == "SGD" else {}))
     for step in range(6):
         for model, optimizer in ((ours_model, ours), (torch_model, reference)):
             optimizer.zero_grad()
@@ -112,13 +114,15 @@ def test_a_param_whose_first_grad_comes_late_joins_the_flat_buffer():
                 model[0].weight.grad = None
             optimizer.step()
     _assert_same(ours_model, ours, torch_model, reference)
+    assert {id(key) for key in ours.state} == {id(param) for param in ours_model.parameters()}
     (layout,) = ours._layouts.values()
     (run,) = layout.runs
     assert not layout.listed and all(run.stateful)  # no silent switch-off: every param is in the buffer
     buffer = run.param_buffer.untyped_storage().data_ptr()
     assert all(param.untyped_storage().data_ptr() == buffer for param in ours_model.parameters())
-    assert ours.state[ours_model[0].weight]["exp_avg"].untyped_storage().data_ptr() == \
-        run.state["exp_avg"].untyped_storage().data_ptr()
+    state_name = "momentum_buffer" if name == "SGD" else "exp_avg"
+    assert ours.state[ours_model[0].weight][state_name].untyped_storage().data_ptr() == \
+        run.state[state_name].untyped_storage().data_ptr()
 
 
 @pytest.mark.parametrize("mode", MODES)
