@@ -24,6 +24,7 @@ copied in when the step starts.
 """
 
 import operator
+from collections import defaultdict
 import sys
 import warnings
 import weakref
@@ -133,6 +134,21 @@ def _owns_storage(param: Tensor, ours: set[int]) -> bool:
             or (param.storage_offset() == 0 and storage.nbytes() == param.numel() * param.element_size()))
 
 
+class TrackedState(defaultdict):
+    """``optimizer.state`` that counts the entries set in it, so a flat layout sees state put in
+    behind its back (ZeroRedundancyOptimizer.load_state_dict sets ``optimizer.state[param]``)."""
+
+    version = 0
+
+    def __setitem__(self, key, value) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+
 class FlatRun:
     """The params of one device and dtype in a group, their grads and state, each kind as views
     of one 1-D buffer in the params' order. 0-d state (the step count, NAdam's ``mu_product``)
@@ -166,7 +182,7 @@ class FlatRun:
                 self.state[name] = self.param_buffer.new_zeros(self.param_buffer.shape)
                 self.state_views[name] = self.views(self.state[name])
         self.stateful = [False] * len(params)  # its state is in the buffers (torch has made it)
-        self.state_dicts: list[dict | None] = [None] * len(params)  # each param's, as we left it
+        self.uniform = False  # True: every param's 0-d state (step count...) is known to be equal
 
     def views(self, buffer: Tensor) -> list[Tensor]:
         """Views of a buffer laid out as the params (shape and strides)."""
@@ -174,7 +190,7 @@ class FlatRun:
                 for param, offset in zip(self.params, self.offsets)]
 
     def intact(self) -> bool:
-        return all(param.data_ptr() == ptr for param, ptr in zip(self.params, self.data_ptrs))
+        return list(map(Tensor.data_ptr, self.params)) == self.data_ptrs
 
     # grads
     def grad_view(self, index: int) -> Tensor:
@@ -206,7 +222,6 @@ class FlatRun:
             for name in tensors:
                 state[self.params[index]].pop(name, None)
             self.stateful[index] = False
-            self.state_dicts[index] = state.get(self.params[index])
 
     def release_grads(self) -> None:
         self.grad_buffer, self.grad_views = None, []
@@ -219,7 +234,6 @@ class FlatRun:
             view.copy_(param_state[name])
             param_state[name] = view
         self.stateful[index] = True
-        self.state_dicts[index] = param_state
 
 
 class FlatLayout:
@@ -247,6 +261,7 @@ class FlatLayout:
             else:
                 self.listed += params
         self.where = {id(run.params[i]): (run, i) for run in self.runs for i in range(len(run.params))}
+        self.state_version = -1  # the optimizer's state.version after our last step
         self.hooks = [param.register_post_accumulate_grad_hook(_grad_hook(run, index))
                       for run in self.runs for index, param in enumerate(run.params) if param.requires_grad]
 
@@ -258,13 +273,14 @@ class FlatLayout:
             handle.remove()
         self.hooks = []
 
-    def valid(self, group_params: list[Tensor], names: tuple[str, ...], state: dict) -> bool:
+    def valid(self, group_params: list[Tensor], names: tuple[str, ...], state: "TrackedState") -> bool:
         """Still the group's layout: the same params, none given new storage, the same state names,
-        no param given new state behind our back (ZeroRedundancyOptimizer.load_state_dict)."""
-        return (names == self.names and len(group_params) == len(self.group_params)
+        no param given new state since our last step (ZeroRedundancyOptimizer.load_state_dict
+        writes it straight into ``optimizer.state``)."""
+        return (names == self.names and state.version == self.state_version
+                and len(group_params) == len(self.group_params)
                 and all(map(operator.is_, group_params, self.group_params))
-                and all(run.intact() and all(map(operator.is_, map(state.get, run.params), run.state_dicts))
-                        for run in self.runs))
+                and all(run.intact() for run in self.runs))
 
     def plan(self, state: dict, list_plan: Callable[[list[Tensor]], Plan],
              new_state: Callable[[str, Tensor], Tensor | None]) -> Plan:
@@ -307,15 +323,21 @@ class FlatLayout:
     def _add_slices(self, plan: Plan, run: FlatRun, stepping: Sequence[int], new: dict[int, dict]) -> None:
         """One slice of every buffer per run of params that step together with equal 0-d state."""
         scalar_names = [name for name in self.names if name in self.scalar]
-        keys = list(zip(*(run.state[name].tolist() for name in scalar_names))) if scalar_names else None
-        for i, made in new.items() if keys else ():  # new params start from their initial 0-d state
-            keys[i] = tuple(made[name].item() for name in scalar_names)
-        spans, start = [], stepping[0]
-        for previous, index in zip(stepping, stepping[1:]):
-            if index != previous + 1 or (keys and keys[index] != keys[start]):
-                spans.append((start, previous + 1))
-                start = index
-        spans.append((start, stepping[-1] + 1))
+        everyone = len(stepping) == len(run.params)
+        if everyone and run.uniform and not new:  # the usual case: one span, nothing to read
+            spans = [(0, len(run.params))]
+        else:
+            keys = list(zip(*(run.state[name].tolist() for name in scalar_names))) if scalar_names else None
+            for i, made in new.items() if keys else ():  # new params start from their initial 0-d state
+                keys[i] = tuple(made[name].item() for name in scalar_names)
+            spans, start = [], stepping[0]
+            for previous, index in zip(stepping, stepping[1:]):
+                if index != previous + 1 or (keys and keys[index] != keys[start]):
+                    spans.append((start, previous + 1))
+                    start = index
+            spans.append((start, stepping[-1] + 1))
+            # after this step, do all params agree on their 0-d state? (those left out fall behind)
+            run.uniform = everyone and len(spans) == 1
         run.grad_view(0)  # allocates the grad buffer if backward has not
         for first, stop in spans:
             whole = stop - first == len(run.params)  # the usual case: the buffers as they are

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._layout import FlatLayout, Plan, is_sharded, like_param, local, warn_once
+from ._layout import FlatLayout, Plan, TrackedState, is_sharded, like_param, local, warn_once
 
 from optkernels import _math
 from optkernels._math import chunks
@@ -91,6 +91,7 @@ class KernelOptimizer(Optimizer):
         self.flat, self.compiled = flat, compiled
         self._layouts: dict[int, FlatLayout] = {}  # flat=True: by group index
         super().__init__(params, defaults)
+        self.state = TrackedState(dict, self.state)
 
     # --- what subclasses provide -------------------------------------------------------------
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -160,6 +161,7 @@ class KernelOptimizer(Optimizer):
         defaults = state.get("defaults", getattr(self, "defaults", {}))
         takes_differentiable = "differentiable" in defaults
         super().__setstate__(state)
+        self.state = TrackedState(dict, self.state)
         if not takes_differentiable:  # torch's __setstate__ adds it; AdaBelief has no such option
             self.defaults.pop("differentiable", None)
         for group in self.param_groups:
@@ -209,9 +211,10 @@ class KernelOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if torch.compiler.is_compiling():
-            # inside torch.compile (torch's "compiling the optimizer" recipe): the checks run
-            # eagerly, outside the graph, which then holds no hyperparameter as a constant
-            _check_eagerly(self)
+            # inside torch.compile (torch's "compiling the optimizer" recipe): the checks and the
+            # new state run eagerly, outside the graph, which then holds no hyperparameter as a
+            # constant and only reads optimizer.state
+            _prepare_eagerly(self)
         # Every group is checked and planned before any tensor changes, so an error changes nothing.
         plans = [self._plan(index, group) for index, group in enumerate(self.param_groups)]
         for index, (group, plan) in enumerate(zip(self.param_groups, plans)):
@@ -235,6 +238,8 @@ class KernelOptimizer(Optimizer):
                     self.state[param][name] = like_param(param, tensor)
             for action in plan.after:
                 action()
+        for layout in self._layouts.values():  # what this step wrote into self.state is known
+            layout.state_version = self.state.version
         return loss
 
     def _plan(self, index: int, group: dict[str, Any]) -> Plan:
@@ -252,9 +257,6 @@ class KernelOptimizer(Optimizer):
         """Raise for a bad hyperparameter or grad of this group, before any group steps."""
         self._check_group(group)
         self._check_grads(group)
-        for param in group["params"]:
-            if param.grad is not None and param.grad.is_sparse and not self.takes_sparse_grads:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         if not self.elementwise:
             for param in group["params"]:
                 if param.grad is not None and is_sharded(param):
@@ -286,8 +288,7 @@ class KernelOptimizer(Optimizer):
                 if param_state and all(name in param_state for name in names):
                     run.adopt_state(position, param_state, names)
                     run.take_grad(position)
-                else:
-                    run.state_dicts[position] = param_state
+        layout.state_version = self.state.version
         return layout
 
     def _update_in_chunks(self, group: dict[str, Any], plan: Plan) -> None:
@@ -328,6 +329,8 @@ class KernelOptimizer(Optimizer):
         names = self._all_state_names(group)
         plan = Plan(params=list(params), grads=[param.grad for param in params],
                     state={name: [] for name in names})
+        if not self.takes_sparse_grads and any(grad.is_sparse for grad in plan.grads):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         for param in params:
             param_state = self.state.get(param, {})
             new_state = {}
@@ -375,9 +378,15 @@ def _step_eagerly(optimizer: KernelOptimizer, closure: Callable[[], Any] | None)
 
 
 @torch.compiler.disable
-def _check_eagerly(optimizer: KernelOptimizer) -> None:
+def _prepare_eagerly(optimizer: KernelOptimizer) -> None:
     for group in optimizer.param_groups:
         optimizer._check(group)
+    for group in optimizer.param_groups:
+        params = [param for param in group["params"] if param.grad is not None]
+        for param, new_state in optimizer._collect(group, params).created:
+            optimizer.state[param].update(new_state)
+        for param in params:
+            optimizer.state.setdefault(param, {})  # where the state the kernel makes (SGD's momentum) goes
 
 
 def _advance_steps(steps: list[Tensor], by: int) -> None:
