@@ -9,7 +9,7 @@ Step times
 First step
     :func:`time_first_step` times a variant's first step on its own, before any round: the
     step that creates the optimizer state, moves params into flat buffers and compiles. It
-    first clears dynamo's compiled code (``torch._dynamo.reset()``), so a variant that compiles
+    first clears dynamo's compiled code (``torch.compiler.reset()``), so a variant that compiles
     pays its own tracing and compiling even where an earlier variant, algorithm or workload
     compiled the same rule; inductor's on-disk cache stays, as it does for a user's second run.
     One-off costs of the process (importing inductor) fall on :func:`warm_compiler`, called once
@@ -55,6 +55,8 @@ from typing import Any
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+
+from optkernels._torch_private import compile_errors, is_dynamo_supported
 
 Stepper = Callable[[], Any]
 Progress = Callable[[str], None]
@@ -132,20 +134,18 @@ def time_interleaved(steppers: Mapping[str, Stepper], *, steps: int, warmup: int
 
 def warm_compiler(device: torch.device) -> None:
     """Compile and run a tiny function once: the process's one-off costs of torch.compile."""
-    if not torch._dynamo.is_dynamo_supported():
+    if not is_dynamo_supported():
         return
-    from torch._dynamo.exc import BackendCompilerFailed
-    from torch._inductor.exc import InductorError
     try:
         torch.compile(lambda x: x.mul_(2.0), dynamic=True)(torch.ones(4, device=device))
-    except (BackendCompilerFailed, InductorError):
+    except compile_errors():
         pass  # no C++ compiler here: the compiled variants run their rules eagerly (optkernels._compiled)
-    torch._dynamo.reset()
+    torch.compiler.reset()
 
 
 def time_first_step(step: Stepper, device: torch.device) -> float:
     """Seconds of one call of ``step``, its first, with no compiled code left from before: see above."""
-    torch._dynamo.reset()
+    torch.compiler.reset()
     with _gc_disabled():
         synchronize(device)
         start = time.perf_counter()

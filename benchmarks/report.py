@@ -1,6 +1,6 @@
 """Time our optimizers against torch.optim and the memory-bandwidth roofline; write a report.
 
-    python -m benchmarks.report                       # everything, full scale (about 6 min, 2 cores)
+    python -m benchmarks.report                       # everything, full scale (see below)
     python -m benchmarks.report --scale small         # the same at toy sizes (under a minute)
     python -m benchmarks.report --algorithms adam,radam --workloads many-small,gpt2 --steps 20 --budget 0
 
@@ -14,9 +14,10 @@ slow workloads do not stretch the run; ``--steps`` and ``--budget`` change that.
 The roofline is the time one step needs to move the algorithm's minimum bytes at the memory
 bandwidth, sampled at the start and after each workload; the best sample counts.
 
-On the 2-core reference machine the default run (13 algorithms, 4 workloads) took about 6 min
-and held about 11 GB at its peak (GPT-2: five variants, each with params, grads and two state
-tensors).
+The default run (14 algorithms, 4 workloads) takes about 13 min on the 2-core reference machine.
+Its memory peaks on GPT-2, at about 16 GB: the workload's params and grads (0.5 GB each), and all
+of an algorithm's variants at once, each with its own copy of both and its state (Adam on the
+CPU: 7 variants, 2 GB each).
 
 Writes to ``--out`` (default ``benchmarks/results``): ``results.md`` (machine; a summary with one
 row per algorithm and workload: the best of torch (for AdaBelief, of the official loop) against

@@ -5,6 +5,7 @@ import torch
 from benchmarks.measure import memory_bandwidth, peak_extra_bytes, time_first_step, time_interleaved
 from benchmarks.variants import ALGORITHMS, build_steppers
 from benchmarks.workloads import get_workload
+from optkernels._torch_private import dynamo_counters
 
 
 def test_peak_of_a_step_that_allocates_nothing_is_zero(device):
@@ -28,7 +29,7 @@ def test_foreach_adam_peak_covers_its_sqrt_buffer(device):
 def test_first_step_compiles_again_after_another_variant_compiled_the_same_rule(device):
     # adamw runs Adam's rule: without the reset its first step would reuse adam's graph
     workload = get_workload("many-small", "small")
-    counters = torch._dynamo.utils.counters["stats"]
+    counters = dynamo_counters()["stats"]
     for name in ("adam", "adamw"):
         step = build_steppers(ALGORITHMS[name], workload.tensors(0, device), workload.tensors(1, device), device,
                               names=["ours-compiled"])["ours-compiled"]

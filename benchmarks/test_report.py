@@ -56,6 +56,14 @@ def test_report_writes_markdown_json_and_plot(tmp_path):
                 assert cells[10] == report._fmt(ours["first_step_s"] * 1e3), row
 
 
+def test_the_docstring_counts_what_the_default_run_runs():
+    # the counts are written out in report.py's docstring: this keeps them true
+    adam_variants = len(available_variants(ALGORITHMS["adam"], torch.device("cpu")))
+    text = " ".join(report.__doc__.split())
+    assert f"({len(ALGORITHMS)} algorithms, {len(report.DEFAULT_WORKLOADS)} workloads)" in text
+    assert f"Adam on the CPU: {adam_variants} variants" in text
+
+
 def test_options_select_and_validate():
     args = report.parse_args(["--workloads", "few-large,gpt2", "--algorithms", "adam,sgd"])
     assert args.workloads == ("few-large", "gpt2") and args.algorithms == ("adam", "sgd")

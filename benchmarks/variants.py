@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
 import optkernels as ok
+from optkernels._torch_private import foreach_kernels_supported_devices
 import wrappers
 
 from tests.reference import adabelief_reference
@@ -306,7 +306,7 @@ def torch_default_variant(device: torch.device) -> str:
     As ``torch.optim.optimizer._default_to_fused_or_foreach``: foreach on the devices that have
     foreach kernels (CUDA, ...), the for-loop elsewhere (the CPU).
     """
-    return "torch-foreach" if device.type in _get_foreach_kernels_supported_devices() else "torch-forloop"
+    return "torch-foreach" if device.type in foreach_kernels_supported_devices() else "torch-forloop"
 
 
 def available_variants(algorithm: Algorithm, device: torch.device) -> list[Variant]:

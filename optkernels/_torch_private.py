@@ -5,8 +5,9 @@ The rule: a private torch API (a module or name starting with ``_``: ``torch._dy
 imported here and nowhere else, with a line on why no public API does the job; and
 ``tests/test_torch_private.py`` checks each entry on a tiny input, so that a torch release that
 moves or changes one fails there, by name, instead of deep inside a kernel.
-``tests/test_torch_private.py`` also fails if a module of ``optkernels/`` or ``wrappers/``
-imports a private torch module anywhere but here.
+``tests/test_torch_private.py`` also fails if any other module of ``optkernels/`` or
+``wrappers/`` uses a private torch API: imports a private torch module or name, reaches one
+as ``torch._x...``, or calls one of torch's private Tensor or Optimizer methods (``._values()``).
 
 What the rule does not cover:
 
@@ -17,18 +18,21 @@ What the rule does not cover:
   the same ops (pytorch/pytorch#193607), which the kernels can switch to once the lowest torch
   they support has it. The test checks that every ``torch._foreach_<op>`` the package sources
   name exists.
-- ``torch._C``, torch's compiled extension: the package does not use it.
-- Tests and benchmarks may use private torch APIs of their own and are not checked by the
-  grep test, but they import the entries below through this module too. The tests take torch's
-  own optimizer configurations from ``torch.testing._internal.common_optimizers.optim_db``
-  (``tests/configs.py``), which is torch's test suite; the grep test does not cover it, but
+- Tests and benchmarks: the grep test does not read them, but they take the entries below
+  from this module where they use them. The tests also take torch's own optimizer
+  configurations from its test suite, ``torch.testing._internal.common_optimizers.optim_db``
+  (``tests/configs.py``), which is for tests only: it is not imported here, but
   ``tests/test_torch_private.py`` checks it with the rest.
+
+(``torch._C``, torch's compiled extension, is no exception: the package does not use it.)
 
 Replaced by public APIs (recorded so that they do not come back):
 
 - ``torch._prims_common.is_non_overlapping_and_dense_or_false``: see
   :func:`is_non_overlapping_and_dense`, which uses only public calls.
 - ``torch._dynamo.reset()``: ``torch.compiler.reset()`` is the public spelling.
+- ``Tensor._values()`` and ``Tensor._indices()`` of sparse grads (Adagrad, SparseAdam): the
+  public ``values()`` and ``indices()``, which need a coalesced tensor, as the kernels make.
 
 The dynamo entries are functions that import on call: ``torch._dynamo`` takes a second or two
 to import, which ``import optkernels`` must not pay (``import torch`` does not load it).

@@ -1,5 +1,6 @@
-"""The optimizer configurations the tests (and benchmarks) run: torch's own, from
-``optim_db``, plus ours. One ``Case`` each; parity tests cross them with dtypes and layouts."""
+"""The optimizer configurations the tests run: torch's own, from ``optim_db``, plus ours. One
+``Case`` each; parity tests cross them with dtypes and layouts. (The benchmarks do not use them:
+theirs are in ``benchmarks/variants.py``.)"""
 
 import dataclasses
 import re

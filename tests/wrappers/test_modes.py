@@ -6,12 +6,12 @@ import inspect
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 from torch.optim import lr_scheduler
 
 import optkernels
 import optkernels._math
 import wrappers
+from optkernels._torch_private import dynamo_counters
 from benchmarks.measure import peak_extra_bytes
 from tests.configs import API_KWARGS, GENERIC_WRAPPERS
 
@@ -40,7 +40,7 @@ def _params(sizes, seed=0):
 
 
 def _graphs() -> int:
-    return counters["stats"]["unique_graphs"]
+    return dynamo_counters()["stats"]["unique_graphs"]
 
 
 @pytest.mark.parametrize("flat", [True, False], ids=["flat", "lists"])
