@@ -210,10 +210,11 @@ class KernelOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and self._new_params():
             # inside torch.compile (torch's "compiling the optimizer" recipe): the checks and the
             # new state run eagerly, outside the graph, which then holds no hyperparameter as a
-            # constant and only reads optimizer.state
+            # constant and only reads optimizer.state. Once every param has its state, the step
+            # is one graph (dynamo guards on the state's keys) and, as torch.optim's, checks nothing.
             _prepare_eagerly(self)
         # Every group is checked and planned before any tensor changes, so an error changes nothing.
         plans = [self._plan(index, group) for index, group in enumerate(self.param_groups)]
@@ -241,6 +242,11 @@ class KernelOptimizer(Optimizer):
         for layout in self._layouts.values():  # what this step wrote into self.state is known
             layout.state_version = self.state.version
         return loss
+
+    def _new_params(self) -> bool:
+        """Some param with a grad has no state yet."""
+        return any(param.grad is not None and param not in self.state
+                   for group in self.param_groups for param in group["params"])
 
     def _plan(self, index: int, group: dict[str, Any]) -> Plan:
         """This group's step: which params step (those whose grad is not None, as in torch.optim)
