@@ -73,7 +73,7 @@ class KernelOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict[str, Any], *, flat: bool = False, compiled: bool = False) -> None:
         """``flat``: keep each group's params, grads and state in one buffer per device and dtype
-        (see ``wrappers._flat``). ``compiled``: run the kernels' compiled rules (see
+        (see ``wrappers._layout``). ``compiled``: run the kernels' compiled rules (see
         ``optkernels._compiled``). Both default off; together they make one pass over memory."""
         # Options first, as torch.optim does, so a bad lr is reported whatever params are.
         self._check_options(defaults)
