@@ -23,6 +23,13 @@ def bias_correction(beta: float, step: float) -> float:
     return 1 - beta**step
 
 
+def rsqrt(value: float | Tensor) -> float | Tensor:
+    """``1 / sqrt(value)``: a float's ``** -0.5``; a tensor's ``rsqrt()`` (a step count traced by
+    torch.compile), since inductor recomputes scalar math per element and a ``pow`` costs more
+    there than an ``rsqrt``."""
+    return value.rsqrt() if isinstance(value, Tensor) else value ** -0.5
+
+
 def sma_length(beta2: float, step: float) -> tuple[float, float]:
     r"""RAdam's length of the approximated simple moving average, :math:`(\rho_t, \rho_\infty)`.
 

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
-from ._math import bias_correction, grouped, prepared_grads, scale_, temporaries
+from ._math import bias_correction, grouped, prepared_grads, rsqrt, scale_, temporaries
 from ._validation import (check_beta, check_eps, check_finite, check_flag, check_lr, check_nonnegative,
                           check_tensor_lists, optional_list, step_values)
 
@@ -83,7 +83,7 @@ def adam_update(
                          weight_decay=weight_decay, maximize=maximize, param_scale=param_scale,
                          beta1=beta1, beta2=beta2, eps=eps,
                          step_size=lr / bias_correction(beta1, t),
-                         rsqrt_bias_correction2=bias_correction(beta2, t) ** -0.5)
+                         rsqrt_bias_correction2=rsqrt(bias_correction(beta2, t)))
             continue
         grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         if param_scale is not None:

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
-from ._math import bias_correction, grouped, prepared_grads, scale_, temporaries
+from ._math import bias_correction, grouped, prepared_grads, rsqrt, scale_, temporaries
 from ._validation import (
     check_beta,
     check_eps,
@@ -114,7 +114,7 @@ def nadam_update(
             _run_nadam_rule([params_, grads_, exp_avgs_, exp_avg_sqs_], mu_products_, lr=lr, beta1=beta1,
                             beta2=beta2, eps=eps, mu=mu_t, mu_next=mu_next, weight_decay=weight_decay,
                             maximize=maximize, param_scale=param_scale,
-                            rsqrt_bias_correction2=bias_correction(beta2, t) ** -0.5)
+                            rsqrt_bias_correction2=rsqrt(bias_correction(beta2, t)))
             continue
         grads_ = prepared_grads(params_, grads_, weight_decay=weight_decay, maximize=maximize)
         if param_scale is not None:
