@@ -201,21 +201,24 @@ class KernelOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        if torch.compiler.is_compiling() and not self.traceable:
-            return _step_eagerly(self, closure)
-        return self._step(closure)
-
-    def _step(self, closure: Callable[[], Any] | None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if torch.compiler.is_compiling() and self._new_params():
-            # inside torch.compile (torch's "compiling the optimizer" recipe): the checks and the
-            # new state run eagerly, outside the graph, which then holds no hyperparameter as a
-            # constant and only reads optimizer.state. Once every param has its state, the step
-            # is one graph (dynamo guards on the state's keys) and, as torch.optim's, checks nothing.
-            _prepare_eagerly(self)
+        if torch.compiler.is_compiling():  # torch.compile around step(): torch's "compiling the optimizer"
+            if not self.traceable:
+                _step_eagerly(self)
+                return loss
+            if self._new_params():
+                # The checks and the new state run eagerly, outside the graph, which then holds no
+                # hyperparameter as a constant and only reads optimizer.state. Once every param has
+                # its state, the step is one graph (dynamo guards on the state's keys) and, as
+                # torch.optim's, checks nothing.
+                _prepare_eagerly(self)
+        self._step()
+        return loss
+
+    def _step(self) -> None:
         # Every group is checked and planned before any tensor changes, so an error changes nothing.
         plans = [self._plan(index, group) for index, group in enumerate(self.param_groups)]
         for index, (group, plan) in enumerate(zip(self.param_groups, plans)):
@@ -241,7 +244,6 @@ class KernelOptimizer(Optimizer):
                 action()
         for layout in self._layouts.values():  # what this step wrote into self.state is known
             layout.state_version = self.state.version
-        return loss
 
     def _new_params(self) -> bool:
         """Some param with a grad has no state yet."""
@@ -379,8 +381,8 @@ _MODES = ("flat", "compiled")
 
 @torch.compiler.disable
 @torch.no_grad()
-def _step_eagerly(optimizer: KernelOptimizer, closure: Callable[[], Any] | None):
-    return optimizer._step(closure)
+def _step_eagerly(optimizer: KernelOptimizer) -> None:
+    optimizer._step()
 
 
 @torch.compiler.disable
