@@ -21,6 +21,12 @@ MODES: dict[str, dict[str, bool]] = {
 }
 EXACT_MODES = ("list", "flat")
 
+
+def exact(scenario) -> bool:
+    """Whether the scenario's mode gives torch's numbers bit for bit (else to rounding)."""
+    return scenario["mode"] in EXACT_MODES
+
+
 # The same hyperparameters for ours and torch's (foreach too, so that param_groups compare equal).
 HYPERPARAMS: dict[str, dict[str, Any]] = {
     "Adam": dict(lr=0.01, foreach=False),

@@ -60,7 +60,7 @@ def ddp_run(request, tmp_path_factory):
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=ids(SCENARIOS))
 def test_ddp_matches_torch(ddp_run, scenario):
-    exact = scenario["mode"] in common.EXACT_MODES
+    exact = common.exact(scenario)
     for rank, data in enumerate(ddp_run.ranks(scenario)):
         for key in ("params", "state"):
             common.assert_matches(data["ours"][key], data["torch"][key], exact=exact, what=f"rank {rank} {key}")

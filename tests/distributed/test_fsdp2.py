@@ -177,10 +177,6 @@ def fsdp2_run(request, tmp_path_factory):
     return engine_fixture(request, tmp_path_factory, SCENARIOS, "fsdp2")
 
 
-def _exact(scenario: Scenario) -> bool:
-    return scenario["mode"] in common.EXACT_MODES
-
-
 @pytest.mark.parametrize("scenario", ELEMENTWISE, ids=ids(ELEMENTWISE))
 def test_fsdp2_matches_torch(fsdp2_run, scenario):
     """Full params and state after STEPS steps, and each state value sharded as torch's is."""
@@ -188,7 +184,7 @@ def test_fsdp2_matches_torch(fsdp2_run, scenario):
         common.assert_matches(data["ours"]["kinds"], data["torch"]["kinds"], exact=True,
                               what=f"rank {rank} state types")
         for key in ("params", "state"):
-            common.assert_matches(data["ours"][key], data["torch"][key], exact=_exact(scenario),
+            common.assert_matches(data["ours"][key], data["torch"][key], exact=common.exact(scenario),
                                   what=f"rank {rank} {key} (full tensors)")
 
 
@@ -214,7 +210,7 @@ def test_fsdp2_dcp_round_trip(fsdp2_run, scenario):
         assert ours["modes_after_load"] == expected_modes, (
             f"rank {rank}: (flat, compiled) after loading {ours['modes_after_load']}, asked {expected_modes}")
         for key in ("params", "state"):
-            common.assert_matches(ours["resumed"][key], data["torch"]["resumed"][key], exact=_exact(scenario),
+            common.assert_matches(ours["resumed"][key], data["torch"]["resumed"][key], exact=common.exact(scenario),
                                   what=f"rank {rank} {key} {MORE_STEPS} steps after loading")
 
 

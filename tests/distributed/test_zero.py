@@ -122,15 +122,11 @@ def zero_run(request, tmp_path_factory):
     return engine_fixture(request, tmp_path_factory, SCENARIOS, "zero")
 
 
-def _exact(scenario: Scenario) -> bool:
-    return scenario["mode"] in common.EXACT_MODES
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=ids(SCENARIOS))
 def test_zero_matches_torch(zero_run, scenario):
     for rank, data in enumerate(zero_run.ranks(scenario, "train")):
         for key in ("params", "state"):
-            common.assert_matches(data["ours"][key], data["torch"][key], exact=_exact(scenario),
+            common.assert_matches(data["ours"][key], data["torch"][key], exact=common.exact(scenario),
                                   what=f"rank {rank} {key} after {STEPS} steps")
 
 
@@ -158,7 +154,7 @@ def test_zero_state_dict_matches_torch(zero_run, scenario):
     torch's param group entries (the mode keys are test_zero_state_dict_has_no_mode_keys')."""
     ours, torchs = (zero_run.ranks(scenario, "checkpoint")[0][lib]["checkpoint"] for lib in ("ours", "torch"))
     assert set(ours) == set(torchs), f"checkpoint keys: ours {sorted(ours)}, torch's {sorted(torchs)}"
-    common.assert_matches(ours["state"], torchs["state"], exact=_exact(scenario), what="checkpoint['state']")
+    common.assert_matches(ours["state"], torchs["state"], exact=common.exact(scenario), what="checkpoint['state']")
     groups = [{key: value for key, value in group.items() if key not in MODE_KEYS} for group in ours["param_groups"]]
     common.assert_matches(groups, torchs["param_groups"], exact=True, what="checkpoint['param_groups']")
 
@@ -182,7 +178,7 @@ def test_zero_reload_continues_like_torch(zero_run, scenario):
     for rank, data in enumerate(zero_run.ranks(scenario, "reload")):
         for key in ("params", "state"):
             common.assert_matches(data["ours"]["reloaded"][key], data["torch"]["reloaded"][key],
-                                  exact=_exact(scenario), what=f"rank {rank} {key} after reloading")
+                                  exact=common.exact(scenario), what=f"rank {rank} {key} after reloading")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=ids(SCENARIOS))
@@ -203,4 +199,4 @@ def test_zero_reload_into_used_optimizer(zero_run, scenario):
     for rank, data in enumerate(zero_run.ranks(scenario, "roll_back")):
         for key in ("params", "state"):
             common.assert_matches(data["ours"]["rolled_back"][key], data["torch"]["rolled_back"][key],
-                                  exact=_exact(scenario), what=f"rank {rank} {key} after rolling back")
+                                  exact=common.exact(scenario), what=f"rank {rank} {key} after rolling back")

@@ -57,20 +57,20 @@ def _assert_same(ours_model, ours, torch_model, reference, tolerance=EXACT):
             torch.testing.assert_close(ours.state[mine][key], value, **tolerance)
 
 
-def _both(pairs, action):
-    for model, optimizer in pairs:
-        action(model, optimizer)
+def _train(pairs, steps):
+    """The same loop for each (model, optimizer): zero_grad, backward, step."""
+    for step in steps:
+        for model, optimizer in pairs:
+            optimizer.zero_grad()
+            _loss(model, step).backward()
+            optimizer.step()
 
 
 # --- grad semantics -----------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_a_step_without_backward_after_zero_grad_changes_nothing(mode):
     ours_model, ours, torch_model, reference = _pair(mode)
-    for step in range(2):
-        for model, optimizer in ((ours_model, ours), (torch_model, reference)):
-            optimizer.zero_grad()
-            _loss(model, step).backward()
-            optimizer.step()
+    _train([(ours_model, ours), (torch_model, reference)], range(2))
     before = [param.detach().clone() for param in ours_model.parameters()]
     steps = [ours.state[param]["step"].item() for param in ours_model.parameters()]
     ours.zero_grad()
@@ -157,22 +157,14 @@ def _saved(obj):
 @pytest.mark.parametrize("mode", MODES)
 def test_modes_survive_load_state_dict_deepcopy_and_pickling(mode):
     ours_model, ours, torch_model, reference = _pair(mode)
-    for step in range(2):
-        for model, optimizer in ((ours_model, ours), (torch_model, reference)):
-            optimizer.zero_grad()
-            _loss(model, step).backward()
-            optimizer.step()
+    _train([(ours_model, ours), (torch_model, reference)], range(2))
     expected = (ours.flat, ours.compiled)
     ours.load_state_dict(_saved(ours.state_dict()))
     assert (ours.flat, ours.compiled) == expected
     assert (copy.deepcopy(ours).flat, copy.deepcopy(ours).compiled) == expected
     assert (pickle.loads(pickle.dumps(ours)).flat, pickle.loads(pickle.dumps(ours)).compiled) == expected
     assert all("flat" not in group and "compiled" not in group for group in ours.state_dict()["param_groups"])
-    for step in range(2, 5):  # resumed: the same numbers as torch's run that never stopped
-        for model, optimizer in ((ours_model, ours), (torch_model, reference)):
-            optimizer.zero_grad()
-            _loss(model, step).backward()
-            optimizer.step()
+    _train([(ours_model, ours), (torch_model, reference)], range(2, 5))  # resumed: as torch's unbroken run
     _assert_same(ours_model, ours, torch_model, reference, _tolerance(mode))
     if ours.flat:
         assert ours._layouts and all(layout.runs for layout in ours._layouts.values())
@@ -241,11 +233,7 @@ def test_any_compiler_failure_falls_back_to_eager_rules_with_one_warning(monkeyp
         ours_model, ours, torch_model, reference = _pair("flat-compiled")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for step in range(3):
-                for model, optimizer in ((ours_model, ours), (torch_model, reference)):
-                    optimizer.zero_grad()
-                    _loss(model, step).backward()
-                    optimizer.step()
+            _train([(ours_model, ours), (torch_model, reference)], range(3))
         assert len([w for w in caught if "torch.compile failed" in str(w.message)]) == 1
         _assert_same(ours_model, ours, torch_model, reference, {})
     finally:
@@ -255,10 +243,7 @@ def test_any_compiler_failure_falls_back_to_eager_rules_with_one_warning(monkeyp
 @pytest.mark.parametrize("mode", MODES)
 def test_a_step_whose_kernel_raises_leaves_step_counts_and_state_as_they_were(mode, monkeypatch):
     ours_model, ours, _, _ = _pair(mode)
-    for step in range(2):
-        ours.zero_grad()
-        _loss(ours_model, step).backward()
-        ours.step()
+    _train([(ours_model, ours)], range(2))
     before = copy.deepcopy(ours.state_dict())
     params = [param.detach().clone() for param in ours_model.parameters()]
 
