@@ -55,7 +55,6 @@ __all__ = [
     "foreach_kernels_supported_devices",
     "is_non_overlapping_and_dense",
     "is_dynamo_supported",
-    "compile_errors",
     "dynamo_counters",
 ]
 
@@ -81,16 +80,6 @@ def is_dynamo_supported() -> bool:
     # monkeypatch of torch._dynamo.is_dynamo_supported applies.
     import torch._dynamo
     return torch._dynamo.is_dynamo_supported()
-
-
-def compile_errors() -> tuple[type[Exception], ...]:
-    """The exceptions torch.compile raises when the backend fails to compile (no C++ compiler,
-    an inductor lowering error), before anything runs: what the compiled path falls back on."""
-    # No public exception types: torch.compile raises these from its first call; catching
-    # Exception there would also swallow errors raised by the compiled code itself.
-    from torch._dynamo.exc import BackendCompilerFailed
-    from torch._inductor.exc import InductorError
-    return BackendCompilerFailed, InductorError
 
 
 def dynamo_counters():

@@ -88,28 +88,6 @@ def _needs_dynamo():
         pytest.skip("torch.compile cannot run on this Python or platform")
 
 
-def test_compile_errors_are_what_a_failing_backend_raises():
-    _needs_dynamo()
-    api = "torch._dynamo.exc.BackendCompilerFailed / torch._inductor.exc.InductorError"
-    errors = _torch_private.compile_errors()
-    assert all(isinstance(error, type) and issubclass(error, Exception) for error in errors), _moved(api)
-
-    def failing_backend(graph_module, example_inputs):
-        raise RuntimeError("no C++ compiler")
-
-    torch.compiler.reset()
-    try:
-        torch.compile(lambda x: x * 2, backend=failing_backend)(torch.ones(3))
-    except errors:
-        pass
-    except Exception as error:
-        pytest.fail(_moved(api) + f" (a failing backend raised {type(error).__module__}.{type(error).__name__})")
-    else:
-        pytest.fail(_moved(api) + " (a failing backend raised nothing)")
-    finally:
-        torch.compiler.reset()
-
-
 def test_dynamo_counters_count_compiled_graphs():
     _needs_dynamo()
     api = 'torch._dynamo.utils.counters["stats"]["unique_graphs"]'
