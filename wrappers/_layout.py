@@ -24,10 +24,10 @@ copied in when the step starts.
 """
 
 import operator
-from collections import defaultdict
 import sys
 import warnings
 import weakref
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
