@@ -70,8 +70,8 @@ def run_compiled(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], *,
 def _traced(rule: Rule, tensor_lists: Sequence[Sequence[Tensor] | None], *, weight_decay, maximize,
             param_scale, **scalars) -> None:
     """``run_compiled`` as a part of an outer graph: the rule and torch's preparation (as
-    :func:`_prepared` orders it), per tensor, with the scalars as they come (tensors or numbers
-    that dynamo keeps symbolic)."""
+    :func:`_prepared` orders it; not ``_prepared`` itself, whose cache and renaming dynamo does not
+    trace), per tensor, with the scalars as they come (tensors or numbers dynamo keeps symbolic)."""
     count = len(tensor_lists[0])
     for param, grad, *state in zip(*[lst if lst is not None else [None] * count for lst in tensor_lists]):
         if maximize:

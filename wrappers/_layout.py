@@ -83,13 +83,16 @@ def dtensor_type() -> type | None:
     return getattr(module, "DTensor", None)
 
 
-def local(tensor: Tensor | None) -> Tensor | None:
-    """The tensor a kernel updates: a DTensor's local shard (updated in place, it is the
-    DTensor's data), any other tensor itself."""
+def local_lists(lists: dict[str, list | None]) -> dict[str, list | None]:
+    """The tensors a kernel updates: DTensors as their local shards (updated in place, they are
+    the DTensors' data). Lists without DTensors come back as they are (no copy on the hot path):
+    a group's params are DTensors or none is, and so are their grads and state."""
     dtensor = dtensor_type()
-    if dtensor is not None and isinstance(tensor, dtensor):
-        return tensor.to_local()
-    return tensor
+    if dtensor is None or not any(isinstance(param, dtensor) for param in lists["params"]):
+        return lists
+    return {name: None if tensors is None else [tensor.to_local() if isinstance(tensor, dtensor) else tensor
+                                                for tensor in tensors]
+            for name, tensors in lists.items()}
 
 
 def like_param(param: Tensor, tensor: Tensor) -> Tensor:

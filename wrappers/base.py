@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._layout import FlatLayout, Plan, TrackedState, is_sharded, like_param, local, warn_once
+from ._layout import FlatLayout, Plan, TrackedState, is_sharded, like_param, local_lists, warn_once
 
 from optkernels import _math
 from optkernels._math import chunks
@@ -304,7 +304,7 @@ class KernelOptimizer(Optimizer):
         prepares for ``maximize`` or coupled weight decay, and its own) stay within the budget.
         DTensors reach the kernel as their local shards."""
         lists = {"params": plan.params, "grads": plan.grads, "step": plan.steps, **plan.state}
-        lists = {name: None if tensors is None else [local(t) for t in tensors] for name, tensors in lists.items()}
+        lists = local_lists(lists)
         shared = {"step", *self.scalar_state_names}
         positions = [i for i, name in enumerate(lists) if name in shared]
         if plan.kernel_made or not self.elementwise or self.compiled or torch.compiler.is_compiling():
@@ -359,10 +359,11 @@ class KernelOptimizer(Optimizer):
             plan.steps = steps
             plan.before.append(lambda: _advance_steps(steps, 1))
             plan.undo.append(lambda: _advance_steps(steps, -1))
-        shaped = {name: [local(t) for t in tensors] for name, tensors in plan.state.items()
-                  if name not in self.scalar_state_names}
+        shaped = local_lists({"params": plan.params, "grads": plan.grads,
+                              **{name: tensors for name, tensors in plan.state.items()
+                                 if name not in self.scalar_state_names}})
         check_tensor_lists(fillable=tuple(plan.kernel_made), sparse=("grads",) if self.takes_sparse_grads else (),
-                           params=[local(p) for p in plan.params], grads=[local(g) for g in plan.grads], **shaped)
+                           **shaped)
         check_scalar_lists(len(params), **{name: plan.state[name] for name in self.scalar_state_names
                                            if name in plan.state})
         return plan
