@@ -38,7 +38,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,13 +46,18 @@ import torch
 
 from .measure import (Progress, Timing, memory_bandwidth, peak_extra_bytes, time_first_step, time_interleaved,
                       warm_compiler)
-from .variants import ALGORITHMS, VARIANTS, Algorithm, build_steppers, get_algorithm, torch_default_variant
+from .variants import (ALGORITHMS, VARIANTS, Algorithm, available_variants, build_steppers, get_algorithm,
+                       torch_default_variant)
 from .workloads import SCALES, WORKLOADS, Workload, get_workload
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_WORKLOADS = tuple(WORKLOADS)
 SCALE_DEFAULTS = {"full": (20, 3.0), "small": (10, 0.5)}  # (most timed rounds, seconds of timing per row)
 MIN_STEPS = 3  # timed rounds at least, whatever the budget
+# Seconds one algorithm takes on each workload at full scale on the 2-core reference machine,
+# for the first line's estimate (from a default run on an idle machine; see the README).
+SECONDS_PER_ROW = {"gpt2": 40, "resnet50": 8, "many-small": 3, "few-large": 20}
+DEFAULT_MEMORY_GB = 4.5  # with the process's own ~1 GB, the run fits a machine with 8 GB
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,9 @@ class Record:
     min_bytes: int  # the algorithm's least traffic per step, which the roofline moves at full bandwidth
     peak_extra_bytes: int
     first_step_s: float  # the first step: creates the state, flattens, compiles (see measure.py)
-    x_torch_default: float | None  # median over the median of torch's default mode; None without one
+    anchor: str  # the variant timed beside this one in every group (see benchmark())
+    x_anchor: float  # median over the anchor's median, both from this variant's group
+    x_torch_default: float | None  # over torch's default mode, through the anchor; None without one
     x_roofline: float
     steps: int
     tensors: int
@@ -85,7 +92,9 @@ class Measurement:
     device: torch.device
     workload: Workload
     algorithm: Algorithm
-    timings: dict[str, Timing]
+    timings: dict[str, Timing]  # the anchor's: its rounds in every group
+    x_anchor: dict[str, float]  # each variant's median over the anchor's in the same group
+    anchor: str
     peaks: dict[str, int]  # peak extra bytes of one step
     first_steps: dict[str, float]  # seconds of each variant's first step
     torch_default: str     # the variant torch.optim runs by default on this device
@@ -93,40 +102,114 @@ class Measurement:
     def records(self, bandwidth: float) -> list[Record]:
         min_bytes = self.algorithm.min_bytes(self.workload.shapes, self.workload.element_size)
         roofline_ms = min_bytes / bandwidth * 1e3
-        default = self.timings.get(self.torch_default)
+        default = self.x_anchor.get(self.torch_default)
         return [
             Record(device=self.device.type, workload=self.workload.name, algorithm=self.algorithm.name,
                    variant=name, median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
                    quartiles_ms=timing.quartiles_ms, roofline_ms=roofline_ms, min_bytes=min_bytes,
-                   peak_extra_bytes=self.peaks[name], first_step_s=self.first_steps[name],
-                   x_torch_default=timing.median_ms / default.median_ms if default else None,
+                   peak_extra_bytes=self.peaks[name], first_step_s=self.first_steps[name], anchor=self.anchor,
+                   x_anchor=self.x_anchor[name],
+                   x_torch_default=self.x_anchor[name] / default if default else None,
                    x_roofline=timing.median_ms / roofline_ms, steps=len(timing.seconds),
                    tensors=len(self.workload.shapes), elements=self.workload.numel)
             for name, timing in self.timings.items()
         ]
 
 
+def anchor_variant(names: Sequence[str]) -> str:
+    """The variant timed in every group: torch's fastest mode where it has one (it holds no
+    temporaries and costs each group least), else the first variant (the official AdaBelief loop)."""
+    for name in ("torch-fused", "torch-foreach", "torch-forloop"):
+        if name in names:
+            return name
+    return names[0]
+
+
+def variant_groups(names: Sequence[str], anchor: str, size: int) -> list[list[str]]:
+    """``names`` in groups of at most ``size`` (at least 2), the anchor first in each, spread evenly.
+
+    >>> variant_groups(["a", "b", "c", "d", "e"], "b", 3)
+    [['b', 'a', 'c'], ['b', 'd', 'e']]
+    >>> variant_groups(["a", "b", "c"], "a", 8)
+    [['a', 'b', 'c']]
+    """
+    others = [name for name in names if name != anchor]
+    count = math.ceil(len(others) / max(size - 1, 1)) or 1
+    per_group = math.ceil(len(others) / count)
+    return [[anchor, *others[i:i + per_group]] for i in range(0, max(len(others), 1), per_group)]
+
+
+def group_size(algorithm: Algorithm, workload: Workload, memory_bytes: float | None) -> int:
+    """How many variants fit in ``memory_bytes`` beside the shared params and grads (None: all)."""
+    if memory_bytes is None:
+        return len(VARIANTS)
+    shared = 2 * workload.numel * workload.element_size  # the params each variant clones, and the grads
+    held = algorithm.held_bytes(workload.shapes, workload.element_size)
+    return max(2, int((memory_bytes - shared) // held))
+
+
 def benchmark(workload: Workload, algorithm: Algorithm, params: list[torch.Tensor], grads: list[torch.Tensor], *,
-              steps: int, warmup: int, budget_s: float | None, device: torch.device,
+              steps: int, warmup: int, budget_s: float | None, device: torch.device, memory_bytes: float | None = None,
               progress: Progress | None = None) -> Measurement:
-    """Time every variant of ``algorithm`` on copies of ``params`` and ``grads``, then each one's peak memory."""
-    steppers = build_steppers(algorithm, params, grads, device)
+    """Time every variant of ``algorithm`` on its own copy of ``params`` and the shared ``grads``, then
+    each one's peak memory.
+
+    As many variants as ``memory_bytes`` holds are built and timed together; where that is not
+    all of them, they run in groups, one after the other, each with the anchor (torch's fastest
+    mode) timed beside it, and every ratio goes through the anchor's time in the same group:
+    a variant is compared with another only through times taken side by side. The timing budget
+    is shared out among the groups, so a row takes as long as before.
+    """
+    names = [variant.name for variant in available_variants(algorithm, device)]
+    anchor = anchor_variant(names)
+    groups = variant_groups(names, anchor, group_size(algorithm, workload, memory_bytes))
+    say = progress or (lambda line: None)
+    anchor_seconds: list[float] = []
+    timings, x_anchor, peaks, first_steps = {}, {}, {}, {}
+    for number, group in enumerate(groups, 1):
+        if len(groups) > 1:
+            say(f"group {number}/{len(groups)} (within the memory budget): {', '.join(group)}")
+        firsts, group_timings, group_peaks = _measure_group(
+            algorithm, params, grads, device, group, steps=steps, warmup=warmup, say=say, progress=progress,
+            budget_s=budget_s / len(groups) if budget_s else None, profiled=peaks.keys())
+        gc.collect()  # this group's copies are gone before the next group's are built
+        for name, seconds in firsts.items():
+            first_steps.setdefault(name, seconds)
+        peaks.update(group_peaks)
+        anchor_seconds += group_timings[anchor].seconds
+        for name, timing in group_timings.items():
+            if name != anchor:
+                timings[name] = timing
+                x_anchor[name] = timing.median_ms / group_timings[anchor].median_ms
+    timings[anchor], x_anchor[anchor] = Timing(tuple(anchor_seconds)), 1.0
+    timings = {name: timings[name] for name in names}  # the variants' order
+    return Measurement(device, workload, algorithm, timings, x_anchor, anchor, peaks, first_steps,
+                       torch_default_variant(device))
+
+
+def _measure_group(algorithm: Algorithm, params: list[torch.Tensor], grads: list[torch.Tensor], device: torch.device,
+                   group: Sequence[str], *, steps: int, warmup: int, budget_s: float | None, say: Progress,
+                   progress: Progress | None, profiled: Collection[str]):
+    """First steps, timings, and the peaks of those not yet ``profiled``, of one group of variants.
+
+    A function of its own so that the group's optimizers, params and state, which only its
+    locals hold, are gone when it returns.
+    """
+    steppers = build_steppers(algorithm, params, grads, device, names=group)
     # one variant at a time, each with dynamo's caches cleared: no variant's compile lands on another
-    first_steps = {name: time_first_step(step, device) for name, step in steppers.items()}
-    if progress is not None:
-        progress("first step: " + "  ".join(f"{name} {seconds * 1e3:.1f}" for name, seconds in first_steps.items())
-                 + " ms")
-    if algorithm.settle_steps and progress is not None:
-        progress(f"{algorithm.settle_steps} untimed steps per variant first, to its steady update")
+    firsts = {name: time_first_step(step, device) for name, step in steppers.items()}
+    say("first step: " + "  ".join(f"{name} {seconds * 1e3:.1f}" for name, seconds in firsts.items()) + " ms")
+    if algorithm.settle_steps:
+        say(f"{algorithm.settle_steps} untimed steps per variant first, to its steady update")
     for step in steppers.values():
         for _ in range(algorithm.settle_steps):
             step()
-    timings = time_interleaved(steppers, steps=steps, warmup=warmup, budget_s=budget_s, min_steps=MIN_STEPS,
+    timings = time_interleaved(steppers, steps=steps, warmup=warmup, min_steps=MIN_STEPS, budget_s=budget_s,
                                device=device, progress=progress)
-    if progress is not None:
-        progress("peak memory: one profiled step per variant")
-    peaks = {name: peak_extra_bytes(step, device) for name, step in steppers.items()}  # in steady state
-    return Measurement(device, workload, algorithm, timings, peaks, first_steps, torch_default_variant(device))
+    say("peak memory: one profiled step per variant")
+    peaks = {name: peak_extra_bytes(step, device)  # in steady state
+             for name, step in steppers.items() if name not in profiled}
+    return firsts, timings, peaks
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -136,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
     workloads = [get_workload(name, args.scale) for name in args.workloads]
     algorithms = [get_algorithm(name) for name in args.algorithms]
 
+    _say(plan(args))
     load = os.getloadavg()[0]  # before we add any
     if load >= 0.5:
         _say(f"note: the machine is busy (load average {load:.1f}); expect noisy timings and a longer run")
@@ -151,8 +235,8 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
             for algorithm in algorithms:
                 progress = _prefixed(f"[{next(count)}/{total} {device.type} {workload.name} {algorithm.name}]")
                 progress(f"{workload.description}; {time.perf_counter() - started:.0f} s so far")
-                measurements.append(benchmark(workload, algorithm, params, grads, steps=args.steps,
-                                              warmup=args.warmup, budget_s=args.budget, device=device,
+                measurements.append(benchmark(workload, algorithm, params, grads, steps=args.steps, warmup=args.warmup,
+                                              budget_s=args.budget, device=device, memory_bytes=args.memory_bytes,
                                               progress=progress))
                 gc.collect()  # free this algorithm's copies before the next are built
             del params, grads
@@ -164,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
 
     machine = machine_info(bandwidths, load)
     settings = dict(scale=args.scale, steps=args.steps, warmup=args.warmup, budget_s=args.budget,
+                    memory_gb=args.memory_gb,
                     devices=list(args.devices), workloads=list(args.workloads), algorithms=list(args.algorithms),
                     torch_default={name: torch_default_variant(torch.device(name)) for name in args.devices},
                     run_s=round(time.perf_counter() - started, 1))
@@ -176,6 +261,21 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
     _say(f"wrote {args.out / 'results.md'}, results.json, results.png in {settings['run_s']:.0f} s")
     print(table)
     return records
+
+
+def plan(args: argparse.Namespace) -> str:
+    """The first line of a run: what it will time, about how long that takes, and the memory it needs."""
+    rows = len(args.devices) * len(args.algorithms) * len(args.workloads)
+    if args.scale == "full":
+        seconds = len(args.devices) * len(args.algorithms) * sum(SECONDS_PER_ROW[name] for name in args.workloads)
+        duration = f"about {max(1, round(seconds / 60))} min"
+    else:
+        duration = f"about {max(1, round(rows * 0.5 / 60))} min"
+    memory = (f"at most {args.memory_gb:g} GB of tensors at once, plus about 1 GB for torch and the compiler"
+              if args.memory_bytes else "every variant of an algorithm in memory at once (no limit)")
+    return (f"timing {len(args.algorithms)} algorithms x {len(args.workloads)} workloads "
+            f"({', '.join(args.workloads)}) on {', '.join(args.devices)}, scale {args.scale}: {rows} rows, "
+            f"{duration} on an idle 2-core machine; {memory}")
 
 
 def _available_devices() -> tuple[str, ...]:
@@ -200,11 +300,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=_at_least(1), default=1,
                         help="untimed rounds after each variant's first step, which is timed on its own "
                              "(default: 1)")
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB,
+                        help="GB of tensors to hold at once: variants that would not fit together are timed in "
+                             "groups, each beside torch's fastest mode; the process adds about 1 GB (torch, the "
+                             f"compiler); 0 for no limit (default: {DEFAULT_MEMORY_GB:g})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     steps, budget = SCALE_DEFAULTS[args.scale]
     args.steps = steps if args.steps is None else args.steps
     args.budget = budget if args.budget is None else args.budget or None
+    args.memory_bytes = args.memory_gb * 1e9 if args.memory_gb > 0 else None
     return args
 
 def _names(known):
@@ -288,13 +393,17 @@ def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
         f"{settings['budget_s']} s of timing per row ran, at least {MIN_STEPS}) after each variant's first step "
         f"(timed alone) and {settings['warmup']} warm-up round(s), variants interleaved round-robin; torch's default mode: "
         + ", ".join(f"{device} {mode}" for device, mode in settings["torch_default"].items()),
+        f"- Memory: at most {settings['memory_gb']:g} GB of tensors at once (0: no limit); where an algorithm's "
+        "variants do not fit together they run in groups, each with the anchor (torch's fastest mode) timed "
+        "beside it, and ratios between groups go through the anchor's time in each",
         f"- Memory bandwidth (best streaming kernel, best sample over the run): {bandwidths}",
         "- Variants: " + "; ".join(f"{v.name}: {v.description}" for v in variants),
         "",
         "## Summary: best against best",
         "",
         "Per row, the fastest variant (median ms per step) of torch.optim (for AdaBelief, which torch "
-        "lacks: of the official loop) and of ours; their ratio; ours × the roofline; the first step of "
+        "lacks: of the official loop) and of ours; their ratio (through the anchor, where they ran in "
+        "different groups); ours × the roofline; the first step of "
         "our best variant (state, flat buffers, compiling); the peak extra memory of a steady-state step.",
         "",
         "| device | workload | algorithm | roofline ms | torch best | ms | ours best | ms | ours / torch "
@@ -307,7 +416,7 @@ def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
                 if (r.device, r.workload, r.algorithm) == (first.device, first.workload, first.algorithm)]
         ours = _fastest(r for r in rows if _is_ours(r.variant))
         theirs = _fastest(r for r in rows if not _is_ours(r.variant))
-        ratio = f"{ours.median_ms / theirs.median_ms:.2f}" if ours and theirs else "—"
+        ratio = f"{ours.x_anchor / theirs.x_anchor:.2f}" if ours and theirs else "—"
         cells = [first.device, first.workload, first.algorithm, _fmt(first.roofline_ms),
                  *((theirs.variant, _fmt(theirs.median_ms)) if theirs else ("—", "—")),
                  *((ours.variant, _fmt(ours.median_ms)) if ours else ("—", "—")), ratio,
@@ -333,14 +442,14 @@ def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
         "",
         "## Every variant",
         "",
-        "| device | workload | algorithm | variant | median ms | min ms | max ms | × torch default | × roofline "
-        "| first step ms | peak extra MiB | steps |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| device | workload | algorithm | variant | median ms | min ms | max ms | anchor | × anchor | × torch default "
+        "| × roofline | first step ms | peak extra MiB | steps |",
+        "|---|---|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|",
     ]
     for r in records:
         x_default = "—" if r.x_torch_default is None else f"{r.x_torch_default:.2f}"
         cells = [r.device, r.workload, r.algorithm, r.variant, _fmt(r.median_ms), _fmt(r.min_ms), _fmt(r.max_ms),
-                 x_default, _fmt(r.x_roofline), _fmt(r.first_step_s * 1e3), _fmt(r.peak_extra_bytes / 2**20),
+                 r.anchor, f"{r.x_anchor:.2f}", x_default, _fmt(r.x_roofline), _fmt(r.first_step_s * 1e3), _fmt(r.peak_extra_bytes / 2**20),
                  str(r.steps)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Workloads", "", "| workload | tensors | elements |", "|---|--:|--:|"]
@@ -354,7 +463,8 @@ def _is_ours(variant: str) -> bool:
 
 
 def _fastest(records: Iterable[Record]) -> Record | None:
-    return min(records, key=lambda r: r.median_ms, default=None)
+    # by the time relative to the anchor: variants of different groups were not timed side by side
+    return min(records, key=lambda r: r.x_anchor, default=None)
 
 
 def _fmt(value: float) -> str:

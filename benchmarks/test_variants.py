@@ -12,13 +12,15 @@ def test_every_variant_reaches_the_functional_params(device, algorithm_name):
     algorithm = ALGORITHMS[algorithm_name]
     workload = get_workload("resnet50", "small")  # matrices, 4-d and 1-d tensors of several sizes
     params, grads = workload.tensors(seed=0, device=device), workload.tensors(seed=1, device=device)
+    original_grads = [grad.clone() for grad in grads]
     stepped = {}
     for variant in available_variants(algorithm, device):
         own_params = [param.clone() for param in params]  # flat=True repoints .data: read these after
-        step = variant.build(algorithm, own_params, [grad.clone() for grad in grads])
+        step = variant.build(algorithm, own_params, grads)  # shared, as the report shares them
         for _ in range(algorithm.settle_steps + 3):  # past the rectification switch, where there is one
             step()
         stepped[variant.name] = own_params
+        assert all(torch.equal(grad, original) for grad, original in zip(grads, original_grads)), variant.name
     for name, got in stepped.items():
         torch.testing.assert_close(got, stepped["ours-functional"], msg=lambda m: f"{name}: {m}")
 

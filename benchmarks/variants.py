@@ -64,6 +64,17 @@ class Algorithm:
         """Bytes one step must move at least over params of ``shapes``."""
         return sum(self.min_passes(shape) * prod(shape) for shape in shapes) * element_size
 
+    def held_bytes(self, shapes: Collection[tuple[int, ...]], element_size: int) -> int:
+        """About the most memory one variant holds over params of ``shapes``, grads aside.
+
+        A pass reads or writes one param-sized tensor, and every tensor but the grad is read and
+        written: (passes + 1) / 2 of them, one of which is the grad (flat mode's own copy), plus
+        one param-sized temporary (foreach Adam's square root). An upper bound for the
+        algorithms here; the report sizes its groups of variants with it.
+        """
+        params = sum(prod(shape) for shape in shapes) * element_size
+        return (self.min_bytes(shapes, element_size) + params) // 2 + params
+
 
 def _passes(count: int) -> Callable[[tuple[int, ...]], int]:
     return lambda shape: count
@@ -315,9 +326,15 @@ def available_variants(algorithm: Algorithm, device: torch.device) -> list[Varia
 
 def build_steppers(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor], device: torch.device,
                    names: Collection[str] | None = None) -> dict[str, Stepper]:
-    """The variants available on ``device`` (those in ``names``, if given), each stepping its own clones."""
+    """The variants available on ``device`` (those in ``names``, if given), each stepping its own clones
+    of ``params``.
+
+    They share ``grads``: no variant writes a grad (an optimizer only reads them; flat mode copies
+    them into its own buffer), and a second copy per variant would cost a model's worth of memory
+    each (``benchmarks/test_variants.py`` checks that the grads come through unchanged).
+    """
     return {
-        variant.name: variant.build(algorithm, _clones(params), _clones(grads))
+        variant.name: variant.build(algorithm, _clones(params), grads)
         for variant in available_variants(algorithm, device)
         if names is None or variant.name in names
     }
