@@ -11,8 +11,10 @@ from .adafactor import adafactor_update
 from .adagrad import adagrad_update
 from .adam import adam_update
 from .adamax import adamax_update
+from .adopt import adopt_update
 from .asgd import asgd_update
 from .lbfgs import lbfgs_update
+from .lion import lion_update
 from .muon import muon_update
 from .nadam import nadam_update
 from .radam import radam_update
@@ -30,8 +32,10 @@ __all__ = [
     "adagrad_update",
     "adam_update",
     "adamax_update",
+    "adopt_update",
     "asgd_update",
     "lbfgs_update",
+    "lion_update",
     "muon_update",
     "nadam_update",
     "radam_update",

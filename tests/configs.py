@@ -178,13 +178,20 @@ CASES: list[Case] = _torch_cases() + [case for case in _OUR_CASES if case is not
 # --- the wrappers as the API tests use them -------------------------------------------------------
 # Wrappers that step any float params with dense grads and no closure. LBFGS (closure-driven),
 # SparseAdam (sparse grads only) and Muon (2-D params only) have API tests of their own.
-GENERIC_WRAPPERS = [name for name in wrappers.__all__ if name not in ("KernelOptimizer", "LBFGS", "SparseAdam", "Muon")]
+GENERIC_WRAPPERS = [name for name in wrappers.__all__
+                    if isinstance(getattr(wrappers, name), type) and issubclass(getattr(wrappers, name), torch.optim.Optimizer)
+                    and name not in ("KernelOptimizer", "LBFGS", "SparseAdam", "Muon")]
 TORCH_TWINS = [name for name in GENERIC_WRAPPERS if hasattr(torch.optim, name)]
 # A valid configuration of each, one that keeps state (SGD with momentum).
 # (Rprop clamps its step sizes at step_size_min: lr=0 moves params unless that minimum is 0.)
 API_KWARGS = {name: dict(lr=0.01) for name in GENERIC_WRAPPERS} | {"SGD": dict(lr=0.05, momentum=0.9),
                                                                   "Rprop": dict(lr=0.01, step_sizes=(0.0, 50))}
 
+
+# Wrappers whose first step fills their state and leaves the params as they are (ADOPT's v_0 = g_0²).
+STILL_FIRST_STEP = frozenset({"ADOPT"})
+# Wrappers that take betas of 1, as their reference does (lion-pytorch: 0 <= beta <= 1; no division by 1 - beta)
+BETAS_UP_TO_1 = frozenset({"Lion"})
 
 # torch.optim classes that create every param's state when constructed, not at its first grad.
 EAGER_STATE = frozenset({"Adagrad"})
