@@ -56,6 +56,7 @@ __all__ = [
     "is_non_overlapping_and_dense",
     "is_dynamo_supported",
     "dynamo_counters",
+    "queue_backward_callback",
 ]
 
 
@@ -89,3 +90,16 @@ def dynamo_counters():
     # The benchmarks and tests use it to show which step compiles.
     import torch._dynamo.utils
     return torch._dynamo.utils.counters
+
+
+def queue_backward_callback(callback) -> None:
+    """Run ``callback()`` once the backward pass now running has finished (all of its grads
+    accumulated, DDP's finalisation included when DDP queued it first). Only callable during a
+    backward pass, e.g. from a hook; a callback may queue another, which runs after those queued
+    before it."""
+    # No public API runs code at the end of a backward pass: post-accumulate-grad hooks fire per
+    # param, and register_multi_grad_hook fires before the last grads are accumulated (and only
+    # for tensors of one forward). Stepping in backward (wrappers.in_backward) must step the params
+    # whose grads never arrive in a pass (unused, or accumulated in an earlier micro-batch) at its
+    # end. torch's own FSDP, DDP (from C++) and torchtune's optimizer-in-backward use this engine.
+    torch.autograd.Variable._execution_engine.queue_callback(callback)

@@ -102,6 +102,29 @@ def test_dynamo_counters_count_compiled_graphs():
     torch.compiler.reset()
 
 
+def test_queue_backward_callback_runs_after_every_grad_and_may_queue_another():
+    api = "torch.autograd.Variable._execution_engine.queue_callback"
+    first, second = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    seen = []
+
+    def later():
+        seen.append(("later", first.grad is not None, second.grad is not None))
+
+    def at_end():
+        seen.append(("end", first.grad is not None, second.grad is not None))
+        _torch_private.queue_backward_callback(later)  # a callback may queue another (DDP's order)
+
+    def hook(param):
+        if not seen:
+            _torch_private.queue_backward_callback(at_end)
+        seen.append("hook")
+    first.register_post_accumulate_grad_hook(hook)
+    (first * second).sum().backward()
+    assert seen == ["hook", ("end", True, True), ("later", True, True)], _moved(api)
+    with pytest.raises(RuntimeError):  # outside backward: refused, not run
+        _torch_private.queue_backward_callback(later)
+
+
 def test_optim_db_of_the_tests():
     # tests/configs.py (not the package) takes torch's optimizer configurations from torch's test suite
     api = "torch.testing._internal.common_optimizers.optim_db"

@@ -6,9 +6,12 @@ from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
+from .adopt import ADOPT
 from .asgd import ASGD
 from .base import KernelOptimizer
+from .in_backward import StepInBackward, step_in_backward
 from .lbfgs import LBFGS
+from .lion import Lion
 from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
@@ -18,6 +21,7 @@ from .sgd import SGD
 from .sparse_adam import SparseAdam
 
 __all__ = [
+    "ADOPT",
     "ASGD",
     "AdaBelief",
     "Adadelta",
@@ -28,6 +32,7 @@ __all__ = [
     "Adamax",
     "KernelOptimizer",
     "LBFGS",
+    "Lion",
     "Muon",
     "NAdam",
     "RAdam",
@@ -35,4 +40,6 @@ __all__ = [
     "Rprop",
     "SGD",
     "SparseAdam",
+    "StepInBackward",
+    "step_in_backward",
 ]

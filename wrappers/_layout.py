@@ -20,7 +20,13 @@ Grads: ``zero_grad()`` sets them to None as torch does and drops the flat grad b
 memory is freed, as torch frees grads). A post-accumulate-grad hook moves each grad into the
 buffer (allocated by the first one to arrive) as backward produces it, so a full second copy of
 the grads never exists; grads that arrive any other way (set by hand, by DDP's bucket views) are
-copied in when the step starts.
+copied in when the step starts. A run of one param takes its grad as its buffer (no copy) where
+the grad owns its memory and is laid out as the param.
+
+Stepped in backward (``wrappers.in_backward``), a layout is built with ``run_bytes``: each
+(device, dtype) run is cut into runs of consecutive params of at most that many bytes (a larger
+param alone), each with its own buffers, so that one run's grads are what backward holds before
+that run steps.
 """
 
 import operator
@@ -210,6 +216,12 @@ class FlatRun:
             return
         if grad.requires_grad or grad.is_sparse or grad.shape != param.shape or grad.dtype != param.dtype:
             return  # a grad with a graph (create_graph=True) or of another kind: the step copies it
+        if (len(self.params) == 1 and self.grad_buffer is None and grad.device == param.device
+                and grad.stride() == param.stride() and _dense(grad) and _owns_storage(grad, set())):
+            # one param: its grad (nobody else's memory) becomes the buffer, as it is
+            self.grad_buffer = grad.as_strided((grad.numel(),), (1,), grad.storage_offset())
+            self.grad_views = [grad]
+            return
         view = self.grad_view(index)
         view.copy_(grad)
         param.grad = view
@@ -243,8 +255,10 @@ class FlatLayout:
     """A group's flat runs, and the params that take the list path (see the module's docstring)."""
 
     def __init__(self, group_params: list[Tensor], names: tuple[str, ...], scalar_names: tuple[str, ...],
-                 new_state: Callable[[str, Tensor], Tensor | None], ours: set[int]) -> None:
+                 new_state: Callable[[str, Tensor], Tensor | None], ours: set[int], *,
+                 run_bytes: int | None = None) -> None:
         self.group_params = list(group_params)
+        self.run_bytes = run_bytes
         self.names = names
         self.scalar = set(scalar_names) | {"step"}
         self.runs: list[FlatRun] = []
@@ -256,7 +270,7 @@ class FlatLayout:
                 by_kind.setdefault((param.device, param.dtype, param.requires_grad), []).append(param)
             else:
                 self.listed.append(param)
-        for params in by_kind.values():
+        for params in (run for kind in by_kind.values() for run in _cut(kind, run_bytes)):
             if _back_to_back(params):
                 self.runs.append(FlatRun(params, new_state, names, self.scalar, adopt=True))
             elif all(_owns_storage(param, ours) for param in params):
@@ -276,24 +290,26 @@ class FlatLayout:
             handle.remove()
         self.hooks = []
 
-    def valid(self, group_params: list[Tensor], names: tuple[str, ...], state: "TrackedState") -> bool:
+    def valid(self, group_params: list[Tensor], names: tuple[str, ...], state: "TrackedState",
+              run_bytes: int | None = None) -> bool:
         """Still the group's layout: the same params, none given new storage, the same state names,
         no param given new state since our last step (ZeroRedundancyOptimizer.load_state_dict
-        writes it straight into ``optimizer.state``)."""
-        return (names == self.names and state.version == self.state_version
+        writes it straight into ``optimizer.state``), runs cut as asked."""
+        return (names == self.names and state.version == self.state_version and run_bytes == self.run_bytes
                 and len(group_params) == len(self.group_params)
                 and all(map(operator.is_, group_params, self.group_params))
                 and all(run.intact() for run in self.runs))
 
     def plan(self, state: dict, list_plan: Callable[[list[Tensor]], Plan],
-             new_state: Callable[[str, Tensor], Tensor | None]) -> Plan:
+             new_state: Callable[[str, Tensor], Tensor | None], runs: Sequence[FlatRun] | None = None) -> Plan:
         """The step of the params whose grads are not None: flat runs as slices of the buffers;
         the params the buffers cannot hold, sparse grads and new state the kernel makes itself
-        (SGD's first momentum) through ``list_plan``. New params' state is made in the buffers."""
-        listed = [param for param in self.listed if param.grad is not None]
+        (SGD's first momentum) through ``list_plan``. New params' state is made in the buffers.
+        ``runs``: those runs only (stepped in backward), none of the listed params."""
+        listed = [param for param in self.listed if param.grad is not None] if runs is None else []
         flat = Plan(steps=[] if "step" in self.names else None,
                     state={name: [] for name in self.names if name != "step"})
-        for run in self.runs:
+        for run in self.runs if runs is None else runs:
             grads = [param.grad for param in run.params]
             new: dict[int, dict[str, Tensor]] = {}
             if run.grad_views and all(map(operator.is_, grads, run.grad_views)) and all(run.stateful):
@@ -373,6 +389,22 @@ class FlatLayout:
             run, index = found
             run.adopt_state(index, param_state, self.names)
             run.take_grad(index)
+
+
+def _cut(params: list[Tensor], run_bytes: int | None) -> list[list[Tensor]]:
+    """Consecutive params, at most ``run_bytes`` each (a larger param alone); all in one if None."""
+    if run_bytes is None:
+        return [params]
+    runs: list[list[Tensor]] = []
+    size = 0
+    for param in params:
+        nbytes = param.numel() * param.element_size()
+        if not runs or size + nbytes > run_bytes:
+            runs.append([])
+            size = 0
+        runs[-1].append(param)
+        size += nbytes
+    return runs
 
 
 def _check_grad(param: Tensor, grad: Tensor) -> None:

@@ -70,6 +70,9 @@ class KernelOptimizer(Optimizer):
     # Inside torch.compile around step(), the step is traced into the graph (its step counts and
     # hyperparameters stay tensors there); False: it runs eagerly (its scalars are read as numbers)
     traceable: ClassVar[bool] = True
+    # Set while ``wrappers.in_backward.step_in_backward`` steps this optimizer in backward: then
+    # step() and zero_grad() do nothing, and flat buffers are cut in runs of its ``run_bytes``
+    _in_backward: Any = None
 
     def __init__(self, params, defaults: dict[str, Any], *, flat: bool = False, compiled: bool = False) -> None:
         """``flat``: keep each group's params, grads and state in one buffer per device and dtype
@@ -140,6 +143,8 @@ class KernelOptimizer(Optimizer):
             param_group = {name: value for name, value in param_group.items() if name not in _MODES}
             self._check_options({**self.defaults, **param_group})
         super().add_param_group(param_group)
+        if self._in_backward is not None:  # the new params step in backward too
+            self._in_backward.attach(self.param_groups[-1]["params"])
 
     def _check_options(self, options: dict[str, Any]) -> None:
         for name in TORCH_ONLY_SWITCHES:
@@ -191,7 +196,11 @@ class KernelOptimizer(Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch.optim's. With ``flat=True``, ``set_to_none=True`` also frees the flat grad
-        buffers, as torch frees the grads; backward makes a new one."""
+        buffers, as torch frees the grads; backward makes a new one. Stepped in backward
+        (``step_in_backward``): nothing, backward frees the grads it steps, and grads being
+        accumulated over micro-batches stay."""
+        if self._in_backward is not None:
+            return
         super().zero_grad(set_to_none)
         if set_to_none:
             for layout in self._layouts.values():
@@ -200,7 +209,11 @@ class KernelOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss.
+        Stepped in backward (``step_in_backward``): nothing, backward has stepped."""
+        if self._in_backward is not None:
+            self._in_backward.check_step(closure)
+            return None
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -221,27 +234,31 @@ class KernelOptimizer(Optimizer):
     def _step(self) -> None:
         # Every group is checked and planned before any tensor changes, so an error changes nothing.
         plans = [self._plan(index, group) for index, group in enumerate(self.param_groups)]
-        for index, (group, plan) in enumerate(zip(self.param_groups, plans)):
-            if not plan.params:
-                continue
-            for param, new_state in plan.created:
-                self.state[param].update(new_state)
-            try:
-                for action in plan.before:
-                    action()
-                self._update_in_chunks(group, plan)
-            except BaseException:  # step counts go back, new state goes: the step did not happen
-                for action in plan.undo:
-                    action()
-                for param, new_state in plan.created:
-                    for name in new_state:
-                        self.state[param].pop(name, None)
-                raise
-            for name in plan.kernel_made:  # state the kernel created in place of None (SGD's buffers)
-                for param, tensor in zip(plan.kernel_made_for, plan.state[name]):
-                    self.state[param][name] = like_param(param, tensor)
-            for action in plan.after:
+        for group, plan in zip(self.param_groups, plans):
+            self._apply(group, plan)
+
+    def _apply(self, group: dict[str, Any], plan: Plan) -> None:
+        """Run one group's checked plan (all of it, or a part stepped in backward)."""
+        if not plan.params:
+            return
+        for param, new_state in plan.created:
+            self.state[param].update(new_state)
+        try:
+            for action in plan.before:
                 action()
+            self._update_in_chunks(group, plan)
+        except BaseException:  # step counts go back, new state goes: the step did not happen
+            for action in plan.undo:
+                action()
+            for param, new_state in plan.created:
+                for name in new_state:
+                    self.state[param].pop(name, None)
+            raise
+        for name in plan.kernel_made:  # state the kernel created in place of None (SGD's buffers)
+            for param, tensor in zip(plan.kernel_made_for, plan.state[name]):
+                self.state[param][name] = like_param(param, tensor)
+        for action in plan.after:
+            action()
         for layout in self._layouts.values():  # what this step wrote into self.state is known
             layout.state_version = self.state.version
 
@@ -277,15 +294,17 @@ class KernelOptimizer(Optimizer):
         if not self.flat or torch.compiler.is_compiling():
             return None
         names = self._all_state_names(group)
+        run_bytes = None if self._in_backward is None else self._in_backward.run_bytes
         layout = self._layouts.get(index)
-        if layout is not None and layout.valid(group["params"], names, self.state):
+        if layout is not None and layout.valid(group["params"], names, self.state, run_bytes):
             return layout
         ours = set()
         if layout is not None:
             ours = layout.storages()
             layout.close()
         layout = self._layouts[index] = FlatLayout(group["params"], names, self.scalar_state_names,
-                                                   lambda name, param: self._new_state(name, param, group), ours)
+                                                   lambda name, param: self._new_state(name, param, group), ours,
+                                                   run_bytes=run_bytes)
         if layout.listed:
             warn_once(self, f"{type(self).__name__}(flat=True): {len(layout.listed)} param(s) of group {index} "
                       "take the list path (same numbers, not one buffer): their memory belongs to another "
