@@ -1,7 +1,8 @@
 """Functional optimizer kernels: pure functions that update lists of tensors in place.
 
 Every kernel takes lists of tensors (params, grads, then the algorithm's state) and
-keyword-only hyperparameters, keeps no hidden state, never mutates grads and returns None.
+keyword-only hyperparameters, keeps no hidden state, never mutates grads and returns None (the
+schedule-free kernels return the running averaging weights the caller keeps for the next step).
 """
 
 from ._validation import UnsupportedOptionError
@@ -20,6 +21,7 @@ from .nadam import nadam_update
 from .radam import radam_update
 from .rmsprop import rmsprop_update
 from .rprop import rprop_update
+from .schedule_free import schedule_free_adamw_update, schedule_free_sgd_update
 from .sgd import sgd_update
 from .sparse_adam import sparse_adam_update
 from .weight_decay import weight_decay_l1, weight_decay_l2
@@ -41,6 +43,8 @@ __all__ = [
     "radam_update",
     "rmsprop_update",
     "rprop_update",
+    "schedule_free_adamw_update",
+    "schedule_free_sgd_update",
     "sgd_update",
     "sparse_adam_update",
     "weight_decay_l1",

@@ -177,10 +177,12 @@ CASES: list[Case] = _torch_cases() + [case for case in _OUR_CASES if case is not
 
 # --- the wrappers as the API tests use them -------------------------------------------------------
 # Wrappers that step any float params with dense grads and no closure. LBFGS (closure-driven),
-# SparseAdam (sparse grads only) and Muon (2-D params only) have API tests of their own.
+# SparseAdam (sparse grads only), Muon (2-D params only) and the schedule-free pair (a step needs
+# train() first, as in the reference) have API tests of their own.
+OWN_API_TESTS = ("KernelOptimizer", "LBFGS", "SparseAdam", "Muon", "AdamWScheduleFree", "SGDScheduleFree")
 GENERIC_WRAPPERS = [name for name in wrappers.__all__
                     if isinstance(getattr(wrappers, name), type) and issubclass(getattr(wrappers, name), torch.optim.Optimizer)
-                    and name not in ("KernelOptimizer", "LBFGS", "SparseAdam", "Muon")]
+                    and name not in OWN_API_TESTS]
 TORCH_TWINS = [name for name in GENERIC_WRAPPERS if hasattr(torch.optim, name)]
 # A valid configuration of each, one that keeps state (SGD with momentum).
 # (Rprop clamps its step sizes at step_size_min: lr=0 moves params unless that minimum is 0.)

@@ -17,6 +17,7 @@ from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
+from .schedule_free import AdamWScheduleFree, SGDScheduleFree
 from .sgd import SGD
 from .sparse_adam import SparseAdam
 
@@ -29,6 +30,7 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "AdamWScheduleFree",
     "Adamax",
     "KernelOptimizer",
     "LBFGS",
@@ -39,6 +41,7 @@ __all__ = [
     "RMSprop",
     "Rprop",
     "SGD",
+    "SGDScheduleFree",
     "SparseAdam",
     "StepInBackward",
     "step_in_backward",
