@@ -1,7 +1,7 @@
 """One step of every algorithm, variant and workload, with pytest-benchmark.
 
-Each test builds only its own variant (every one in ``VARIANTS``: torch's modes, the official
-AdaBelief loop, our functional kernels and our wrapper's list, flat and compiled paths), steps it
+Each test builds only its own variant (every one in ``VARIANTS``: torch's modes, the reference
+implementation where torch lacks the algorithm, our functional kernels and our wrapper's list, flat and compiled paths), steps it
 until the optimizer state exists (flat buffers built, rule compiled) and the update has its steady
 form, then times ``step()``. The interleaved comparison with the roofline, and the first step's
 time, are in ``python -m benchmarks.report``.

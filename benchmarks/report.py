@@ -14,13 +14,16 @@ slow workloads do not stretch the run; ``--steps`` and ``--budget`` change that.
 The roofline is the time one step needs to move the algorithm's minimum bytes at the memory
 bandwidth, sampled at the start and after each workload; the best sample counts.
 
-The default run (14 algorithms, 4 workloads) takes about 13 min on the 2-core reference machine.
-Its memory peaks on GPT-2, at about 16 GB: the workload's params and grads (0.5 GB each), and all
-of an algorithm's variants at once, each with its own copy of both and its state (Adam on the
-CPU: 7 variants, 2 GB each).
+The default run (18 algorithms, 4 workloads) takes about 25 min on the 2-core reference machine;
+its first line says what it will time and about how long. It holds at most ``--memory-gb`` (4.5
+GB) of tensors at once, which with the process's own ~1 GB fits a machine with 8 GB: on GPT-2
+the params and the grads take 0.5 GB each, and each variant its own params and state (Adam on
+the CPU: 7 variants, up to 2 GB each), so there the variants run in pairs, the anchor (torch's
+fastest mode) and one other (see :func:`benchmark`). ``--memory-gb 0`` runs all of an
+algorithm's variants together (16 GB for GPT-2).
 
 Writes to ``--out`` (default ``benchmarks/results``): ``results.md`` (machine; a summary with one
-row per algorithm and workload: the best of torch (for AdaBelief, of the official loop) against
+row per algorithm and workload: the best of torch (where torch lacks the algorithm, its reference) against
 our best, time, roofline, first step and peak memory; the median of every variant; then every
 variant's numbers), ``results.json``
 (``{"machine", "settings", "records"}``), ``results.png`` (one panel per device and workload:
@@ -118,7 +121,7 @@ class Measurement:
 
 def anchor_variant(names: Sequence[str]) -> str:
     """The variant timed in every group: torch's fastest mode where it has one (it holds no
-    temporaries and costs each group least), else the first variant (the official AdaBelief loop)."""
+    temporaries and costs each group least), else the first variant (the reference implementation)."""
     for name in ("torch-fused", "torch-foreach", "torch-forloop"):
         if name in names:
             return name
@@ -401,8 +404,8 @@ def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
         "",
         "## Summary: best against best",
         "",
-        "Per row, the fastest variant (median ms per step) of torch.optim (for AdaBelief, which torch "
-        "lacks: of the official loop) and of ours; their ratio (through the anchor, where they ran in "
+        "Per row, the fastest variant (median ms per step) of torch.optim (for an algorithm torch "
+        "lacks: its reference implementation) and of ours; their ratio (through the anchor, where they ran in "
         "different groups); ours × the roofline; the first step of "
         "our best variant (state, flat buffers, compiling); the peak extra memory of a steady-state step.",
         "",

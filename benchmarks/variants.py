@@ -1,18 +1,20 @@
 """What is timed: each algorithm's implementations, built as zero-argument ``step`` callables.
 
-An :class:`Algorithm` names one optimizer three ways (the ``torch.optim`` class, our wrapper,
-our functional kernels called as a custom training loop calls them) with the same
-hyperparameters, plus how much memory traffic its update needs at least. A :class:`Variant` is
-one way of stepping it; :func:`build_steppers` builds every variant available on a device, each
-on its own copy of the params and grads, so that variants timed side by side in one process
-never share a tensor. Our wrapper runs three ways: its default list path (foreach in chunks),
-``flat=True``, and ``flat=True, compiled=True``; the last two only where its update is
-elementwise (``wrapper.elementwise``).
+The algorithms are those of ``wrappers.registry`` whose update is a memory-bound pass over fixed
+grads (an entry with ``passes``), each with its registry options, plus ``sgd-wd`` (torch's
+ResNet recipe of SGD with coupled weight decay). An :class:`Algorithm` is one such row: the
+wrapper, torch.optim's class (or the reference package's, where torch lacks the algorithm),
+our kernels called as a custom training loop calls them (:data:`FUNCTIONAL`), and the memory
+traffic its update needs at least. A :class:`Variant` is one way of stepping it;
+:func:`build_steppers` builds every variant available on a device, each on its own copy of the
+params, so that variants timed side by side in one process never share a param or a state.
+Our wrapper runs three ways: its default list path (foreach in chunks), ``flat=True``, and
+``flat=True, compiled=True``; the last two only where its update is elementwise
+(``wrapper.elementwise``).
 
-Adding an algorithm is one more :class:`Algorithm` in :data:`ALGORITHMS`; where torch.optim
-lacks it (AdaBelief) the torch variants drop out and the report shows no "x torch default".
-For AdaBelief the baseline is then the official package's per-param loop
-(``official_rule``), which we cannot install: its rule as transcribed in ``tests/reference.py``.
+A new algorithm is an entry in ``wrappers.registry``: it appears here with its wrapper's
+variants and its reference's ("reference": the package's own optimizer, or the official rule
+transcribed in ``tests/reference.py``); a functional variant needs a builder in :data:`FUNCTIONAL`.
 Not here: LBFGS (a closure re-evaluates the model several times per step, so a step is not an
 update over fixed gradients), SparseAdam (sparse gradients) and Muon (2-D params only; its cost
 is matrix products, not memory traffic).
@@ -30,9 +32,7 @@ from torch.optim import Optimizer
 
 import optkernels as ok
 from optkernels._torch_private import foreach_kernels_supported_devices
-import wrappers
-
-from tests.reference import adabelief_reference
+from wrappers import registry
 
 from .measure import Stepper
 
@@ -43,27 +43,31 @@ Functional = Callable[[list[Tensor], list[Tensor], Options], Stepper]
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One optimizer, as torch.optim, our wrapper and our kernels spell it."""
+    """One row of the benchmarks: a registry entry with the options it is timed with."""
 
     name: str
-    wrapper: type[Optimizer]
-    torch_class: type[Optimizer] | None     # None where torch.optim lacks the algorithm
-    functional: Functional
-    # Tensor-sized reads + writes of an ideal one-pass update of a param of this shape.
-    min_passes: Callable[[tuple[int, ...]], int]
-    options: Options = field(default_factory=dict)  # constructor kwargs, torch and wrapper alike
-    # Untimed steps before the update takes its lasting form: RAdam and AdaBelief skip the
-    # rectified branch until step 6 (beta2 = 0.999), so timing their first steps would time a
-    # cheaper update than training runs.
-    settle_steps: int = 0
-    # The official implementation's update of one param (param, grad, state dict, **options), where
-    # torch.optim lacks the algorithm: its optimizer's step() loops over the params with it.
-    official_rule: Callable[..., None] | None = None
+    entry: registry.Algorithm
+    options: Options
+
+    @property
+    def wrapper(self) -> type[Optimizer]:
+        return self.entry.wrapper
+
+    @property
+    def torch_class(self) -> type[Optimizer] | None:  # None where torch.optim lacks the algorithm
+        return self.entry.torch_class
+
+    @property
+    def settle_steps(self) -> int:
+        return self.entry.settle_steps
+
+    @property
+    def functional(self) -> Functional | None:
+        return FUNCTIONAL.get(self.entry.name)
 
     def min_bytes(self, shapes: Collection[tuple[int, ...]], element_size: int) -> int:
         """Bytes one step must move at least over params of ``shapes``."""
-        return sum(self.min_passes(shape) * prod(shape) for shape in shapes) * element_size
-
+        return sum(self.entry.min_passes(shape) * prod(shape) for shape in shapes) * element_size
     def held_bytes(self, shapes: Collection[tuple[int, ...]], element_size: int) -> int:
         """About the most memory one variant holds over params of ``shapes``, grads aside.
 
@@ -74,10 +78,6 @@ class Algorithm:
         """
         params = sum(prod(shape) for shape in shapes) * element_size
         return (self.min_bytes(shapes, element_size) + params) // 2 + params
-
-
-def _passes(count: int) -> Callable[[tuple[int, ...]], int]:
-    return lambda shape: count
 
 
 def _zeros(params: list[Tensor]) -> list[Tensor]:
@@ -180,50 +180,69 @@ def _adafactor(params, grads, options):
                                                   lr=options["lr"]))
 
 
-def _adafactor_passes(shape: tuple[int, ...]) -> int:
-    # Three sweeps, each waiting for the reductions of the one before: RMS(param) and the
-    # squared-grad statistics; RMS of the update; the update. Matrices: param read twice and
-    # written, grad read three times (factors are tiny). Vectors: the variance read three times
-    # and written once on top, and the grad read in every sweep.
-    return 6 if len(shape) > 1 else 10
+def _lion(params, grads, options):
+    exp_avgs = _zeros(params)
+    (beta1, beta2) = options["betas"]
+    return lambda: ok.lion_update(params, grads, exp_avgs, lr=options["lr"], beta1=beta1, beta2=beta2)
 
 
-# --- the registry ----------------------------------------------------------------------------------
-ADAM_OPTIONS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+def _adopt(params, grads, options):
+    exp_avgs, exp_avg_sqs = _zeros(params), _zeros(params)
+    (beta1, beta2), lr = options["betas"], options["lr"]
+    return _counted(lambda t: ok.adopt_update(params, grads, exp_avgs, exp_avg_sqs, step=t, lr=lr, beta1=beta1,
+                                              beta2=beta2, eps=options["eps"]))
 
-ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
-    # reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq
-    Algorithm("adam", wrappers.Adam, torch.optim.Adam, _adam, _passes(7), ADAM_OPTIONS),
-    Algorithm("adamw", wrappers.AdamW, torch.optim.AdamW, _adamw, _passes(7), dict(ADAM_OPTIONS, weight_decay=1e-2)),
-    Algorithm("radam", wrappers.RAdam, torch.optim.RAdam, _radam, _passes(7), ADAM_OPTIONS, settle_steps=5),
-    Algorithm("nadam", wrappers.NAdam, torch.optim.NAdam, _nadam, _passes(7), ADAM_OPTIONS),
-    # reads param, grad, exp_avg, exp_inf; writes param, exp_avg, exp_inf
-    Algorithm("adamax", wrappers.Adamax, torch.optim.Adamax, _adamax, _passes(7), dict(ADAM_OPTIONS, lr=2e-3)),
-    Algorithm("adabelief", wrappers.AdaBelief, None, _adabelief, _passes(7), dict(ADAM_OPTIONS, eps=1e-16),
-              settle_steps=5, official_rule=adabelief_reference),
-    # reads param, grad, momentum_buffer; writes param, momentum_buffer
-    Algorithm("sgd", wrappers.SGD, torch.optim.SGD, _sgd, _passes(5), dict(lr=1e-2, momentum=0.9)),
-    # the same, with torch's ResNet recipe of coupled weight decay (the param it reads is read anyway)
-    Algorithm("sgd-wd", wrappers.SGD, torch.optim.SGD, _sgd, _passes(5), dict(lr=1e-2, momentum=0.9, weight_decay=5e-4)),
-    # reads param, grad, square_avg; writes param, square_avg
-    Algorithm("rmsprop", wrappers.RMSprop, torch.optim.RMSprop, _rmsprop, _passes(5), dict(lr=1e-2)),
-    # reads param, grad, sum; writes param, sum
-    Algorithm("adagrad", wrappers.Adagrad, torch.optim.Adagrad, _adagrad, _passes(5), dict(lr=1e-2)),
-    # reads param, grad, square_avg, acc_delta; writes param, square_avg, acc_delta
-    Algorithm("adadelta", wrappers.Adadelta, torch.optim.Adadelta, _adadelta, _passes(7), dict(lr=1.0)),
-    # reads param, grad, prev, step_size; writes param, prev, step_size
-    Algorithm("rprop", wrappers.Rprop, torch.optim.Rprop, _rprop, _passes(7), dict(lr=1e-2)),
-    # reads param, grad; writes param, ax (a copy of the param until step t0; eta and mu are scalars)
-    Algorithm("asgd", wrappers.ASGD, torch.optim.ASGD, _asgd, _passes(4), dict(lr=1e-2)),
-    Algorithm("adafactor", wrappers.Adafactor, torch.optim.Adafactor, _adafactor, _adafactor_passes,
-              dict(lr=1e-2)),
-)}
+
+def _schedule_free(update, *state_count):
+    def build(params, grads, options):
+        states = [_zeros(params) for _ in range(state_count[0])]  # z starts as a copy of the params, below
+        states[0] = [param.clone() for param in params]
+        sums = {"weight_sum": 0.0, "lr_max": 0.0}
+
+        def step(t):
+            weights = update(params, grads, *states, step=t, weight_sum=sums["weight_sum"], lr_max=sums["lr_max"],
+                             **options)
+            sums.update(weight_sum=weights.weight_sum, lr_max=weights.lr_max)
+        return _counted(step)
+    return build
+
+
+# Our kernels as a custom training loop calls them, by registry name.
+FUNCTIONAL: dict[str, Functional] = {
+    "adam": _adam, "adamw": _adamw, "radam": _radam, "nadam": _nadam, "adamax": _adamax, "adabelief": _adabelief,
+    "sgd": _sgd, "rmsprop": _rmsprop, "adagrad": _adagrad, "adadelta": _adadelta, "rprop": _rprop, "asgd": _asgd,
+    "adafactor": _adafactor, "lion": _lion, "adopt": _adopt,
+    "adamw_schedule_free": _schedule_free(ok.schedule_free_adamw_update, 2),
+    "sgd_schedule_free": _schedule_free(ok.schedule_free_sgd_update, 1),
+}
+
+
+# --- the rows ------------------------------------------------------------------------------------
+# rows beside the registry's own: (name, the registry entry, options over its own)
+EXTRA_ROWS = (("sgd-wd", "sgd", dict(weight_decay=5e-4)),)  # the ResNet recipe: the param it reads is read anyway
+
+
+def algorithms() -> dict[str, Algorithm]:
+    """Every benchmark row, read from the registry now (a toy algorithm registered in a test shows up)."""
+    rows = {}
+    for name, entry in registry.ALGORITHMS.items():
+        if entry.passes is None:
+            continue
+        rows[name] = Algorithm(name, entry, dict(entry.options))
+        for extra, base, options in EXTRA_ROWS:  # right after the row they vary
+            if base == name:
+                rows[extra] = Algorithm(extra, entry, dict(entry.options, **options))
+    return rows
+
+
+ALGORITHMS: dict[str, Algorithm] = algorithms()
 
 
 def get_algorithm(name: str) -> Algorithm:
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[name]
+    rows = algorithms()
+    if name not in rows:
+        raise ValueError(f"unknown algorithm {name!r}; choose from {', '.join(rows)}")
+    return rows[name]
 
 
 # --- the variants --------------------------------------------------------------------------------
@@ -243,13 +262,20 @@ def _our_functional(algorithm: Algorithm, params: list[Tensor], grads: list[Tens
     return algorithm.functional(params, grads, algorithm.options)
 
 
-def _official_forloop(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
-    states = [{} for _ in params]  # per-param state, created by the rule on the first step
+# References whose step writes into the grads (schedulefree's AdamW divides them in place): each of
+# their steps first copies the shared grads into their own, as a backward would write them.
+WRITES_GRADS = frozenset({"adamw_schedule_free"})
 
-    @torch.no_grad()
-    def step() -> None:  # as the official optimizer's step(): one param at a time
-        for param, grad, state in zip(params, grads, states):
-            algorithm.official_rule(param, grad, state, **algorithm.options)
+
+def _reference(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
+    if algorithm.entry.name not in WRITES_GRADS:
+        return _with_grads(algorithm.entry.reference_class(), params, grads, **algorithm.options).step
+    own_grads = _clones(grads)
+    optimizer = _with_grads(algorithm.entry.reference_class(), params, own_grads, **algorithm.options)
+
+    def step() -> None:
+        torch._foreach_copy_(own_grads, grads)
+        optimizer.step()
     return step
 
 
@@ -257,7 +283,10 @@ def _with_grads(optimizer_class: type[Optimizer], params: list[Tensor], grads: l
                 **options: Any) -> Optimizer:
     for param, grad in zip(params, grads):
         param.grad = grad
-    return optimizer_class(params, **options)
+    optimizer = optimizer_class(params, **options)
+    if hasattr(optimizer, "train"):  # schedule-free: steps in train mode only
+        optimizer.train()
+    return optimizer
 
 
 def _has_torch(algorithm: Algorithm, device: torch.device) -> bool:
@@ -274,16 +303,16 @@ def _has_torch_fused(algorithm: Algorithm, device: torch.device) -> bool:
     return True
 
 
-def _has_official(algorithm: Algorithm, device: torch.device) -> bool:
-    return algorithm.official_rule is not None
+def _has_reference(algorithm: Algorithm, device: torch.device) -> bool:
+    return algorithm.torch_class is None  # torch's are the torch variants
 
 
 def _elementwise(algorithm: Algorithm, device: torch.device) -> bool:
     return algorithm.wrapper.elementwise
 
 
-def _always(algorithm: Algorithm, device: torch.device) -> bool:
-    return True
+def _has_functional(algorithm: Algorithm, device: torch.device) -> bool:
+    return algorithm.functional is not None
 
 
 @dataclass(frozen=True)
@@ -298,12 +327,13 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("torch-forloop", "the torch.optim class, foreach=False", _torch_optimizer(foreach=False), _has_torch),
     Variant("torch-foreach", "the torch.optim class, foreach=True", _torch_optimizer(foreach=True), _has_torch),
     Variant("torch-fused", "the torch.optim class, fused=True", _torch_optimizer(fused=True), _has_torch_fused),
-    Variant("official-forloop", "the official AdaBelief's per-param loop, as transcribed in tests/reference.py "
-            "(adabelief-pytorch 0.2.1 cannot be installed here)", _official_forloop, _has_official),
+    Variant("reference", "where torch.optim lacks the algorithm, its reference implementation's optimizer "
+            "(the package's, or the official rule as transcribed in tests/reference.py: adabelief-pytorch 0.2.1 "
+            "cannot be installed here)", _reference, _has_reference),
     Variant("ours-functional", "our optkernels functions on the tensor lists, as a custom loop calls them",
-            _our_functional, _always),
+            _our_functional, _has_functional),
     Variant("ours-wrapper", "our wrappers class, .step() (foreach on lists, in chunks under a temporaries budget)",
-            _our_wrapper(), _always),
+            _our_wrapper(), lambda algorithm, device: True),
     Variant("ours-flat", "our wrappers class with flat=True (one buffer per group, device and dtype)",
             _our_wrapper(flat=True), _elementwise),
     Variant("ours-compiled", "our wrappers class with flat=True, compiled=True (the torch.compile'd rule)",

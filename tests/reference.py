@@ -132,3 +132,83 @@ ADABELIEF_DECAY_MODES = {
     "decoupled": dict(weight_decay=ADABELIEF_WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=False),
     "fixed": dict(weight_decay=ADABELIEF_WEIGHT_DECAY, decoupled_weight_decay=True, fixed_decay=True),
 }
+
+
+def authors_adopt(param, grad, state, *, lr, beta1=0.9, beta2=0.9999, eps=1e-6, clip_lambda=None,
+                  weight_decay=0.0, decoupled=False, maximize=False) -> None:
+    """The authors' ADOPT (Taniguchi et al., NeurIPS 2024; iShohei220/adopt, ``_single_tensor_adopt``)
+    on one param, op for op. ``state``: ``step``, a 0-d float tensor counting the updates before
+    this one, ``exp_avg``, ``exp_avg_sq``. ``clip_lambda(t - 1)`` bounds the normalised grad.
+
+    .. math::
+        v_0 = g_0^2 \\qquad
+        m_t = \\beta_1 m_{t-1} + (1-\\beta_1)\\,\\mathrm{clip}\\!\\left(\\frac{g_t}{\\max(\\sqrt{v_{t-1}}, \\epsilon)}\\right)
+        \\qquad \\theta_t = \\theta_{t-1} - \\alpha m_t \\qquad v_t = \\beta_2 v_{t-1} + (1-\\beta_2) g_t^2
+    """
+    grad = grad if not maximize else -grad
+    exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+    step = step_t.item()
+    if weight_decay != 0 and not decoupled:
+        grad = grad.add(param, alpha=weight_decay)
+    if torch.is_complex(param):
+        grad, exp_avg, exp_avg_sq, param = map(torch.view_as_real, (grad, exp_avg, exp_avg_sq, param))
+    if step == 0:
+        exp_avg_sq.addcmul_(grad, grad.conj())
+        step_t += 1
+        return
+    if weight_decay != 0 and decoupled:
+        param.add_(param, alpha=-lr * weight_decay)
+    denom = torch.clamp(exp_avg_sq.sqrt(), eps)
+    normed_grad = grad.div(denom)
+    if clip_lambda is not None:
+        clip = clip_lambda(step)
+        normed_grad.clamp_(-clip, clip)
+    exp_avg.lerp_(normed_grad, 1 - beta1)
+    param.add_(exp_avg, alpha=-lr)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1 - beta2)
+    step_t += 1
+
+
+class _PerParamRule(torch.optim.Optimizer):
+    """A reference rule as its package's optimizer runs it: one param at a time, in order."""
+
+    def _rule(self, param: Tensor, grad: Tensor, state: dict, group: dict) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._rule(param, param.grad, self.state[param], group)
+
+
+class AdaBeliefOfficial(_PerParamRule):
+    """adabelief-pytorch 0.2.1's ``AdaBelief`` with our wrapper's keyword names (see ``adabelief_reference``)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0, amsgrad=False, *,
+                 decoupled_weight_decay=True, fixed_decay=False, rectify=True, degenerated_to_sgd=True,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      decoupled_weight_decay=decoupled_weight_decay, fixed_decay=fixed_decay,
+                                      rectify=rectify, degenerated_to_sgd=degenerated_to_sgd, maximize=maximize))
+
+    def _rule(self, param, grad, state, group):
+        adabelief_reference(param, grad, state, **{k: v for k, v in group.items() if k != "params"})
+
+
+class ADOPTAuthors(_PerParamRule):
+    """The authors' ``ADOPT`` class (its signature; ``foreach`` and the other switches dropped) running ``authors_adopt``."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, clip_lambda=lambda step: step**0.25,
+                 weight_decay=0.0, decouple=False, *, maximize=False):
+        self.clip_lambda = clip_lambda
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decouple=decouple,
+                                      maximize=maximize))
+
+    def _rule(self, param, grad, state, group):
+        if not state:
+            state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+        authors_adopt(param, grad, state, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                      eps=group["eps"], clip_lambda=self.clip_lambda, weight_decay=group["weight_decay"],
+                      decoupled=group["decouple"], maximize=group["maximize"])

@@ -5,6 +5,7 @@ in the same order, so results are equal bit for bit in fp32 and fp64. (pytorch-o
 ``ADOPT``, installed, is compared in ``tests/wrappers/test_adopt.py``.) The compiled rules equal
 the foreach path to rounding."""
 
+import functools
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from torch.testing import assert_close
 import optkernels._compiled as compiled_module
 from optkernels.adopt import adopt_first_rule, adopt_rule, adopt_update, default_clip_lambda
 from tests.helpers import laid_out, same_layout_copy
+from tests.reference import authors_adopt as reference_adopt
 
 LAYOUTS = [((4, 5), "contiguous"), ((7,), "contiguous"), ((), "contiguous"), ((6, 3), "transposed"),
            ((5,), "strided"), ((0,), "contiguous")]
@@ -40,32 +42,8 @@ CASES = {
 }
 
 
-def authors_adopt(param, grad, state, *, lr, beta1=0.9, beta2=0.9999, eps=1e-6, clip_lambda=default_clip_lambda,
-                  weight_decay=0.0, decoupled=False, maximize=False) -> None:
-    """The authors' ``_single_tensor_adopt`` for one param, op for op (``state``: ``step``, a
-    0-d float tensor counting the updates before this one, ``exp_avg``, ``exp_avg_sq``)."""
-    grad = grad if not maximize else -grad
-    exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-    step = step_t.item()
-    if weight_decay != 0 and not decoupled:
-        grad = grad.add(param, alpha=weight_decay)
-    if torch.is_complex(param):
-        grad, exp_avg, exp_avg_sq, param = map(torch.view_as_real, (grad, exp_avg, exp_avg_sq, param))
-    if step == 0:
-        exp_avg_sq.addcmul_(grad, grad.conj())
-        step_t += 1
-        return
-    if weight_decay != 0 and decoupled:
-        param.add_(param, alpha=-lr * weight_decay)
-    denom = torch.clamp(exp_avg_sq.sqrt(), eps)
-    normed_grad = grad.div(denom)
-    if clip_lambda is not None:
-        clip = clip_lambda(step)
-        normed_grad.clamp_(-clip, clip)
-    exp_avg.lerp_(normed_grad, 1 - beta1)
-    param.add_(exp_avg, alpha=-lr)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad.conj(), value=1 - beta2)
-    step_t += 1
+# the authors' rule (tests/reference.py), with the authors' default clipping schedule
+authors_adopt = functools.partial(reference_adopt, clip_lambda=default_clip_lambda)
 
 
 def tensors(dtypes, seed, layouts=LAYOUTS):
