@@ -2,7 +2,8 @@
 whole training step (forward + backward + step) of a GPT-2-small-shaped transformer.
 
 The model: GPT-2 small's shape (12 blocks of width 768, 12 heads, MLP 3072, vocabulary 50257,
-1024 positions, the output layer tied to the token embedding: 124 M params), run on a small batch
+1024 positions, the output layer tied to the token embedding: 124 M params; ``--untied``: an
+output layer of its own, 163 M params), run on a small batch
 and context (``--batch 1 --context 64``) so that the optimizer's memory, not activations, sets the
 peak. Variants, each on its own copy of the model (same init, same data):
 
@@ -19,6 +20,7 @@ held beyond params and state (grads, activations, temporaries), as
 plot. Time: :func:`benchmarks.measure.time_interleaved`, the variants one step each per round.
 
     python -m benchmarks.in_backward                       # GPT-2 small shape, writes benchmarks/results/in_backward.*
+    python -m benchmarks.in_backward --untied              # its output layer untied: .../in_backward_untied.*
     python -m benchmarks.in_backward --tiny --rounds 1     # a toy model (the smoke test)
 """
 
@@ -63,19 +65,21 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """GPT-2's layout (pre-norm blocks, learned positions, output tied to the token embedding)."""
+    """GPT-2's layout (pre-norm blocks, learned positions, output tied to the token embedding);
+    ``tied=False``: an output layer of its own, as most later models have (LLaMA, ...)."""
 
-    def __init__(self, vocab: int, positions: int, width: int, layers: int, heads: int) -> None:
+    def __init__(self, vocab: int, positions: int, width: int, layers: int, heads: int, tied: bool = True) -> None:
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, width), nn.Embedding(positions, width)
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(width)
+        self.lm_head = None if tied else nn.Linear(width, vocab, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.blocks:
             x = block(x)
-        return F.linear(self.ln_f(x), self.wte.weight)  # tied output layer
+        return F.linear(self.ln_f(x), self.wte.weight if self.lm_head is None else self.lm_head.weight)
 
 
 @dataclass
@@ -158,6 +162,8 @@ def plot(timelines: dict[str, list[tuple[float, int]]], grad_bytes: int, title: 
 def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a toy model instead of GPT-2 small's shape")
+    parser.add_argument("--untied", action="store_true",
+                        help="an output layer of its own, not GPT-2's tied token embedding (163 M params)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=6)
@@ -165,10 +171,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--no-compiled", dest="compiled", action="store_false", help="ours with flat=True only")
     parser.add_argument("--run-bytes", type=int, default=RUN_BYTES, help="step_in_backward's run_bytes")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=RESULTS / "in_backward", help="writes OUT.{md,json,png}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="writes OUT.{md,json,png} (default: benchmarks/results/in_backward[_untied])")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    shape = TINY if args.tiny else GPT2_SMALL
+    shape = dict(TINY if args.tiny else GPT2_SMALL, tied=not args.untied)
+    args.out = args.out or RESULTS / ("in_backward_untied" if args.untied else "in_backward")
     steppers, models, handles = _steppers(shape, args.batch, args.context, device, args.compiled, args.run_bytes)
     params = sum(p.numel() for p in models["torch"].parameters())
     grad_bytes = sum(p.numel() * p.element_size() for p in models["torch"].parameters())
@@ -188,12 +196,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        f"# Step in backward: {'toy model' if args.tiny else 'GPT-2 small shape'}, batch {args.batch}, "
+        f"# Step in backward: {'toy model' if args.tiny else 'GPT-2 small shape'}"
+        f"{', untied output layer' if args.untied else ''}, batch {args.batch}, "
         f"context {args.context}, {device.type}",
         "",
         f"{stamp}, torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
         f"load average {load:.2f}; {params / 1e6:.1f} M params, grad bytes {grad_bytes / 2**20:.0f} MiB "
-        f"(largest grad, the tied embedding's: {largest / 2**20:.0f} MiB); ours: wrappers.AdamW({mode}), "
+        f"(largest grad: {largest / 2**20:.0f} MiB, the token embedding's"
+        f"{'' if args.untied else ', tied to the output layer'}); ours: wrappers.AdamW({mode}), "
         f"runs of {args.run_bytes / 2**20:g} MiB; {args.rounds} interleaved rounds after {args.warmup} warm-up steps.",
         "",
         "| variant | peak above params and state (MiB) | below torch (× grad bytes) | forward+backward+step, median ms (q1–q3) | × torch |",

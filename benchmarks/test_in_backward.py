@@ -5,13 +5,16 @@ asserted."""
 
 import json
 
+import pytest
+
 from benchmarks import in_backward
 
 
-def test_toy_run_writes_its_results_and_saves_memory(tmp_path):
+@pytest.mark.parametrize("head", [[], ["--untied"]], ids=["tied", "untied"])
+def test_toy_run_writes_its_results_and_saves_memory(tmp_path, head):
     out = tmp_path / "in_backward"
     rows = in_backward.main(["--tiny", "--context", "4", "--rounds", "1", "--warmup", "1", "--no-compiled", "--run-bytes", "16384",
-                             "--out", str(out)])
+                             "--out", str(out), *head])
     assert [row.variant for row in rows] == ["torch", "ours-after", "ours-in-backward"]
     by = {row.variant: row for row in rows}
     assert by["ours-in-backward"].peak_extra_mib < by["torch"].peak_extra_mib
