@@ -35,7 +35,13 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "Muon": dict(lr=0.02),
     "Adafactor": dict(lr=0.01, foreach=False),
     "LBFGS": dict(lr=0.5),
+    # algorithms torch lacks: against their reference packages (wrappers.registry)
+    "Lion": dict(lr=0.01, weight_decay=0.1),
+    "ADOPT": dict(lr=0.01, weight_decay=0.1),
+    "AdamWScheduleFree": dict(lr=0.01, weight_decay=0.1, warmup_steps=2),
 }
+# Those run in the engines' exact modes beside Adam, AdamW and SGD.
+TORCHLESS = ("Lion", "ADOPT", "AdamWScheduleFree")
 
 # Linear(5, 7) then Linear(7, 3): first dims 7 and 3, odd, so 2 ranks shard them unevenly.
 IN, HIDDEN, OUT = 5, 7, 3
@@ -59,11 +65,17 @@ def loss(model: nn.Module, rank: int, step: int, micro: int = 0) -> torch.Tensor
 # --- optimizers --------------------------------------------------------------------------------
 
 def optimizer_class(lib: str, name: str) -> type:
-    if lib == "ours":
-        import wrappers
+    """Ours, or torch.optim's class of the name (where torch lacks it, the registry's reference)."""
+    import wrappers
 
+    if lib == "ours":
         return getattr(wrappers, name)
-    return getattr(torch.optim, name)
+    if hasattr(torch.optim, name):
+        return getattr(torch.optim, name)
+    from wrappers import registry
+
+    (algorithm,) = [a for a in registry.ALGORITHMS.values() if a.wrapper is getattr(wrappers, name)]
+    return algorithm.reference_class()
 
 
 def optimizer_kwargs(lib: str, name: str, mode: str) -> dict[str, Any]:
@@ -76,7 +88,10 @@ def optimizer_kwargs(lib: str, name: str, mode: str) -> dict[str, Any]:
 
 
 def make_optimizer(lib: str, name: str, params, mode: str = "list") -> torch.optim.Optimizer:
-    return optimizer_class(lib, name)(params, **optimizer_kwargs(lib, name, mode))
+    optimizer = optimizer_class(lib, name)(params, **optimizer_kwargs(lib, name, mode))
+    if hasattr(optimizer, "train"):  # schedule-free: steps in train mode only
+        optimizer.train()
+    return optimizer
 
 
 # --- snapshots (worker side) -------------------------------------------------------------------

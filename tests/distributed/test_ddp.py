@@ -25,6 +25,11 @@ SCENARIOS = [
     for variant, (bucket_view, micro) in VARIANTS.items()
     for mode in common.MODES
     for name in ("Adam", "AdamW", "SGD")
+] + [
+    Scenario(f"ddp-{variant}-{mode}-{name}", dict(bucket_view=bucket_view, micro=micro, mode=mode, name=name))
+    for variant, (bucket_view, micro) in VARIANTS.items()
+    for mode in common.EXACT_MODES
+    for name in common.TORCHLESS
 ]
 
 

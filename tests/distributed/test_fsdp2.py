@@ -24,6 +24,8 @@ from tests.distributed._harness import Context, Scenario, Sections, engine_fixtu
 STEPS, MORE_STEPS = 3, 2
 ELEMENTWISE = [Scenario(f"fsdp2-uneven-{mode}-{name}", dict(mode=mode, name=name))
                for mode in common.MODES for name in ("Adam", "AdamW", "SGD")]
+ELEMENTWISE += [Scenario(f"fsdp2-uneven-{mode}-{name}", dict(mode=mode, name=name))
+                for mode in common.EXACT_MODES for name in common.TORCHLESS]
 WHOLE_MATRIX = [Scenario(f"fsdp2-uneven-list-{name}", dict(mode="list", name=name))
                 for name in ("Muon", "Adafactor", "LBFGS")]
 MUST_REFUSE = ("LBFGS",)  # its closure re-evaluates the model: no reference here to compare with
