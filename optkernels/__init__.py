@@ -18,6 +18,7 @@ from .lbfgs import lbfgs_update
 from .lion import lion_update
 from .muon import muon_update
 from .nadam import nadam_update
+from .quantization import dequantize_blockwise, quantize_blockwise, stochastic_round_to_bf16
 from .radam import radam_update
 from .rmsprop import rmsprop_update
 from .rprop import rprop_update
@@ -36,10 +37,12 @@ __all__ = [
     "adamax_update",
     "adopt_update",
     "asgd_update",
+    "dequantize_blockwise",
     "lbfgs_update",
     "lion_update",
     "muon_update",
     "nadam_update",
+    "quantize_blockwise",
     "radam_update",
     "rmsprop_update",
     "rprop_update",
@@ -47,6 +50,7 @@ __all__ = [
     "schedule_free_sgd_update",
     "sgd_update",
     "sparse_adam_update",
+    "stochastic_round_to_bf16",
     "weight_decay_l1",
     "weight_decay_l2",
 ]

@@ -5,8 +5,10 @@ from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
 from ._math import bias_correction, grouped, prepared_grads, rsqrt, scale_, temporaries
-from ._validation import (check_beta, check_eps, check_finite, check_flag, check_lr, check_nonnegative,
-                          check_tensor_lists, optional_list, step_values)
+from ._validation import (UnsupportedOptionError, check_beta, check_eps, check_finite, check_flag, check_lr,
+                          check_nonnegative, check_tensor_lists, optional_list, step_values)
+from .quantization import (STREAMS, as_rows, check_low_precision_state, check_state_precision, in_rows,
+                           load_state, quantized, store_param, store_state)
 
 
 def adam_update(
@@ -25,6 +27,11 @@ def adam_update(
     maximize: bool = False,
     compiled: bool = False,
     param_scale: float | None = None,
+    state_precision: str = "fp32",
+    exp_avg_scales: list[Tensor | None] | None = None,
+    exp_avg_sq_scales: list[Tensor | None] | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     r"""Adam step, in place, on lists of tensors; AMSGrad when ``max_exp_avg_sqs`` is given.
 
@@ -48,6 +55,18 @@ def adam_update(
             one pass over memory, equal to the foreach path to rounding.
         param_scale: multiply params by this first: AdamW's decoupled weight decay in the same
             pass (:func:`~optkernels.weight_decay.decoupled_scale`); None leaves params alone.
+        state_precision: how the moments are stored (see :mod:`optkernels.quantization`):
+            ``"fp32"`` (torch.optim's: the param's dtype); ``"bf16"``: bfloat16 tensors, written
+            with stochastic rounding; ``"8bit"``: per tensor either ``torch.uint8`` codes with
+            their float32 scales in ``exp_avg_scales`` / ``exp_avg_sq_scales`` (one per block of
+            256; the second moment square-root compressed), or, for tensors the caller keeps at
+            full precision (under 4096 elements), a float tensor (its scale entry ``None`` or
+            empty). Each state tensor's dtype says how it is stored; the update is computed in
+            float32 in every case. Not with AMSGrad.
+        stochastic_rounding: bf16 params get the update computed in float32 and rounded
+            stochastically, so small updates are not lost (the state may then be float32).
+        seed: the stochastic rounding's seed: bits are a hash of (seed, step, which tensor kind,
+            element index), so the same seed gives the same bits, eager or compiled.
 
     Mutates params, exp_avgs, exp_avg_sqs (and max_exp_avg_sqs). Never grads. Weight decay
     composes in front, ``grads = weight_decay_l2(params, grads, ...)``, or runs in the kernel's
@@ -66,6 +85,15 @@ def adam_update(
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2014, Algorithm 1;
     Reddi et al., "On the Convergence of Adam and Beyond", 2018 (AMSGrad).
     """
+    if state_precision != "fp32" or stochastic_rounding:
+        _adam_low_precision(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step=step, lr=lr,
+                            beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                            compiled=compiled, param_scale=param_scale, state_precision=state_precision,
+                            exp_avg_scales=exp_avg_scales, exp_avg_sq_scales=exp_avg_sq_scales,
+                            stochastic_rounding=stochastic_rounding, seed=seed)
+        return
+    if exp_avg_scales is not None or exp_avg_sq_scales is not None:
+        raise ValueError("exp_avg_scales and exp_avg_sq_scales go with state_precision='8bit'")
     max_exp_avg_sqs = optional_list(max_exp_avg_sqs)
     count = check_tensor_lists(optional=("max_exp_avg_sqs",), params=params, grads=grads, exp_avgs=exp_avgs,
                                exp_avg_sqs=exp_avg_sqs, max_exp_avg_sqs=max_exp_avg_sqs)
@@ -111,3 +139,104 @@ def adam_rule(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, beta1, beta2,
         exp_avg_sq = max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq, exp_avg_sq))
     denom = exp_avg_sq.sqrt() * rsqrt_bias_correction2 + eps
     param.sub_(exp_avg / denom * step_size)
+
+
+def _adam_low_precision(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, **options) -> None:
+    """:func:`adam_update` with low-precision state or stochastically rounded params."""
+    low_precision_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, schedule=_adam_schedule, **options)
+
+
+def _adam_schedule(t, *, lr: float, beta1: float, beta2: float) -> dict:
+    return dict(step_size=lr / bias_correction(beta1, t), rsqrt_bias_correction2=rsqrt(bias_correction(beta2, t)),
+                momentum_only=False)
+
+
+def low_precision_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *, step, lr, beta1, beta2, eps,
+                         weight_decay, maximize, compiled, param_scale, state_precision, exp_avg_scales,
+                         exp_avg_sq_scales, stochastic_rounding, seed, schedule) -> None:
+    """An Adam-family step (Adam, RAdam) with low-precision state or stochastically rounded
+    params: one :func:`adam_low_precision_rule` call per tensor, eager or compiled (the same
+    function, so the same numbers to rounding), with the scalars ``schedule(t, lr=, beta1=,
+    beta2=)`` gives for step ``t`` (``step_size``, ``rsqrt_bias_correction2``,
+    ``momentum_only``). Everything is checked before any tensor changes."""
+    check_state_precision(state_precision)
+    if max_exp_avg_sqs is not None:
+        raise UnsupportedOptionError("AMSGrad (max_exp_avg_sqs) is not supported with low-precision state "
+                                     "or stochastic rounding; use state_precision='fp32'")
+    count = check_tensor_lists(params=params, grads=grads)
+    for name, states in (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        if len(states) != count:
+            raise ValueError(f"{name} has {len(states)} tensors but params has {count}")
+    check_low_precision_state("exp_avgs", exp_avgs, "exp_avg_scales", exp_avg_scales, params)
+    check_low_precision_state("exp_avg_sqs", exp_avg_sqs, "exp_avg_sq_scales", exp_avg_sq_scales, params)
+    for index, param in enumerate(params):
+        if param.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            raise TypeError(f"params[{index}] has dtype {param.dtype}; low-precision Adam takes real floats")
+    steps = step_values(step, count)
+    lr, eps = check_lr(lr), check_eps(eps)
+    param_scale = None if param_scale is None else check_finite("param_scale", param_scale)
+    beta1, beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
+    weight_decay, maximize = check_nonnegative("weight_decay", weight_decay), check_flag("maximize", maximize)
+    stochastic_rounding = check_flag("stochastic_rounding", stochastic_rounding)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TypeError(f"seed must be a non-negative int, got {seed!r}")
+    exp_avg_scales = exp_avg_scales if exp_avg_scales is not None else [None] * count
+    exp_avg_sq_scales = exp_avg_sq_scales if exp_avg_sq_scales is not None else [None] * count
+    groups: dict[tuple, list[int]] = {}
+    for index, param in enumerate(params):
+        groups.setdefault((param.device, param.dtype, steps[index]), []).append(index)
+    for (_, _, t), indices in groups.items():
+        lists = [[lst[i] for i in indices] for lst in (params, grads, exp_avgs, exp_avg_sqs, exp_avg_scales,
+                                                       exp_avg_sq_scales)]
+        scalars = dict(beta1=beta1, beta2=beta2, eps=eps, **schedule(t, lr=lr, beta1=beta1, beta2=beta2),
+                       seed=float(seed),
+                       step=t if isinstance(t, Tensor) else float(t),
+                       grad_decay=weight_decay or None, param_factor=param_scale, negate=maximize,
+                       stochastic_rounding=stochastic_rounding)
+        if compiled or torch.compiler.is_compiling():
+            run_compiled(adam_low_precision_rule, lists, **scalars)
+            continue
+        device = lists[0][0].device
+        numbers = {name: torch.tensor(value, dtype=torch.float64, device=device) for name, value in scalars.items()
+                   if not (value is None or isinstance(value, bool))}
+        for tensors in zip(*lists):
+            adam_low_precision_rule(*tensors, **{**scalars, **numbers})
+
+
+def adam_low_precision_rule(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, *, beta1, beta2,
+                            eps, step_size, rsqrt_bias_correction2, seed, step, grad_decay=None,
+                            param_factor=None, negate=False, stochastic_rounding=False, momentum_only=False) -> None:
+    """:func:`adam_rule` in float32 registers over low-precision storage: the moments are read
+    (codes dequantised, bf16 upcast), updated, written back in their precision (requantised,
+    stochastically rounded), and the param updated in float32 and written back (bf16:
+    stochastically rounded when asked). torch.optim's preparation of the grad and param
+    (``negate``, coupled ``grad_decay``, decoupled ``param_factor``) runs here too, in float32,
+    so a bf16 param's decay is not rounded away. Scalars are 0-d tensors, as compiled.
+    ``momentum_only``: RAdam's unrectified steps, :math:`\\theta \\leftarrow \\theta - s\\, m_t`."""
+    rows = as_rows([param, grad, exp_avg, exp_avg_sq], exp_avg_scale if quantized(exp_avg) else None)
+    if quantized(exp_avg_sq) and rows[0] is not param and not in_rows(rows[3], exp_avg_sq_scale):
+        rows = [param, grad, exp_avg, exp_avg_sq]
+    # whole blocks: read as (blocks, 256) views, which compiled code indexes plainly (a reshape of
+    # computed values into blocks costs it a gather per element); the param is written as itself
+    param_rows, grad, exp_avg, exp_avg_sq = rows
+    g = grad.float()
+    p = param_rows.float()
+    if negate:
+        g = -g
+    if grad_decay is not None:
+        g = g + p * grad_decay
+    if param_factor is not None:
+        p = p * param_factor
+    m = load_state(exp_avg, exp_avg_scale, signed=True)
+    v = load_state(exp_avg_sq, exp_avg_sq_scale, signed=False)
+    m = m + (g - m) * (1 - beta1)                                    # m_t
+    v = v * beta2 + g * (g * (1 - beta2))                            # v_t
+    if momentum_only:  # RAdam before its rectification starts: an SGD-with-momentum step
+        p = p - m * step_size
+    else:
+        p = p - m / (v.sqrt() * rsqrt_bias_correction2 + eps) * step_size
+    # the param first: compiled, its pass then reads the old codes, before they are rewritten
+    store_param(param, p.view(param.shape), stochastic_rounding=stochastic_rounding, seed=seed, step=step)
+    store_state(exp_avg, exp_avg_scale, m, signed=True, seed=seed, step=step, stream=STREAMS["exp_avg"])
+    store_state(exp_avg_sq, exp_avg_sq_scale, v, signed=False, seed=seed, step=step,
+                stream=STREAMS["exp_avg_sq"])

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
+from .adam import low_precision_update
 from ._math import bias_correction, grouped, prepared_grads, scale_, sma_length, temporaries
 from ._validation import (check_beta, check_eps, check_finite, check_flag, check_lr, check_nonnegative,
                           check_tensor_lists, step_values)
@@ -24,6 +25,11 @@ def radam_update(
     maximize: bool = False,
     compiled: bool = False,
     param_scale: float | None = None,
+    state_precision: str = "fp32",
+    exp_avg_scales: list[Tensor | None] | None = None,
+    exp_avg_sq_scales: list[Tensor | None] | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     r"""RAdam step, in place, on lists of tensors.
 
@@ -42,13 +48,24 @@ def radam_update(
 
     Arguments as :func:`adam_update` (no AMSGrad; ``compiled`` runs :func:`radam_rule`;
     ``weight_decay`` and ``maximize`` prepare the grads as torch.optim.RAdam's; ``param_scale`` is
-    RAdamW's decoupled weight decay, in the same pass). Mutates
+    RAdamW's decoupled weight decay, in the same pass; ``state_precision``, ``exp_avg_scales``,
+    ``exp_avg_sq_scales``, ``stochastic_rounding`` and ``seed`` as :func:`adam_update`'s, the
+    update computed in float32). Mutates
     params, exp_avgs and exp_avg_sqs. Never grads. The op order is ``torch.optim.RAdam(foreach=True)``'s,
     which it equals bit for bit on CPU; torch's for-loop path orders the ops differently (equal to
     rounding).
 
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020.
     """
+    if state_precision != "fp32" or stochastic_rounding:
+        low_precision_update(params, grads, exp_avgs, exp_avg_sqs, None, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                             eps=eps, weight_decay=weight_decay, maximize=maximize, compiled=compiled,
+                             param_scale=param_scale, state_precision=state_precision, exp_avg_scales=exp_avg_scales,
+                             exp_avg_sq_scales=exp_avg_sq_scales, stochastic_rounding=stochastic_rounding, seed=seed,
+                             schedule=_radam_schedule)
+        return
+    if exp_avg_scales is not None or exp_avg_sq_scales is not None:
+        raise ValueError("exp_avg_scales and exp_avg_sq_scales go with state_precision='8bit'")
     count = check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
@@ -100,3 +117,14 @@ def radam_rule(param, grad, exp_avg, exp_avg_sq, *, beta1, beta2, eps, rectified
         param.sub_(exp_avg / (exp_avg_sq.sqrt() + eps) * step_size)
     else:  # an SGD-with-momentum step
         param.sub_(exp_avg * step_size)
+
+
+def _radam_schedule(t, *, lr: float, beta1: float, beta2: float) -> dict:
+    """The low-precision rule's scalars for step ``t``: radam_update's step size, no second
+    bias correction (it is in the step size), an SGD-with-momentum step until rectified."""
+    rho_t, rho_inf = sma_length(beta2, t)
+    if rho_t > 5:
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        return dict(step_size=(bias_correction(beta2, t) ** 0.5) * (lr * rect / bias_correction(beta1, t)),
+                    rsqrt_bias_correction2=1.0, momentum_only=False)
+    return dict(step_size=lr / bias_correction(beta1, t), rsqrt_bias_correction2=1.0, momentum_only=True)

@@ -5,6 +5,7 @@ ops: no foreach, no grouping, no shared helpers from :mod:`optkernels`. The kern
 against these.
 """
 
+import bisect
 import math
 
 import torch
@@ -212,3 +213,47 @@ class ADOPTAuthors(_PerParamRule):
         authors_adopt(param, grad, state, lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
                       eps=group["eps"], clip_lambda=self.clip_lambda, weight_decay=group["weight_decay"],
                       decoupled=group["decouple"], maximize=group["maximize"])
+
+
+# --- low-precision state: the 8-bit blockwise scheme, written plainly --------------------------
+def _e4m3_table() -> list[tuple[float, int]]:
+    """Every finite float8 e4m3fn value with its byte, from the format's definition: 1 sign bit,
+    4 exponent bits (bias 7), 3 mantissa bits; exponent 0 is subnormal; 0x7F and 0xFF are NaN."""
+    table = []
+    for byte in range(256):
+        if byte & 0x7F == 0x7F:
+            continue
+        sign = -1.0 if byte & 0x80 else 1.0
+        exponent, mantissa = (byte >> 3) & 0xF, byte & 0x7
+        value = mantissa / 8 * 2.0**-6 if exponent == 0 else (1 + mantissa / 8) * 2.0 ** (exponent - 7)
+        table.append((sign * value, byte))
+    return table
+
+
+def quantize_blockwise_reference(x: Tensor, *, signed: bool = True, block_size: int = 256) -> tuple[Tensor, Tensor]:
+    """``optkernels.quantization.quantize_blockwise`` one element at a time: per block of
+    ``block_size`` elements (row-major) the float32 scale ``absmax / 448`` of ``x`` (or of
+    ``sqrt(x)`` when not ``signed``), then each element's byte is the nearest e4m3 value to
+    ``y / scale`` (float32 division), ties to the even byte, found by searching the table."""
+    table = sorted(_e4m3_table())  # by value; the two zeros (+0 and -0) sit side by side
+    values_only = [value for value, _ in table]
+    flat = x.detach().reshape(-1).float()
+    codes, scales = [], []
+    for start in range(0, flat.numel(), block_size):
+        block = flat[start:start + block_size]
+        values = [torch.sqrt(v) if not signed else v for v in block]  # 0-d float32 tensors
+        absmax = max((abs(v.item()) for v in values), default=0.0)
+        scale = torch.tensor(absmax, dtype=torch.float32) / 448
+        scales.append(scale.item())
+        for value in values:
+            y = (value / (scale if absmax > 0 else 1.0)).item()  # a block of zeros keeps its signs
+            if abs(y) <= 2.0**-10:  # rounds to a zero (a tie goes to the even code): the one of y's sign
+                codes.append(0x80 if math.copysign(1.0, y) < 0 else 0x00)
+                continue
+            # the nearest value (y lies within [-448, 448] but for rounding of the scale: clamp)
+            here = bisect.bisect_left(values_only, max(-448.0, min(448.0, y)))
+            neighbours = [table[i] for i in (here - 1, here) if 0 <= i < len(table)]
+            best = min(neighbours, key=lambda entry: (abs(entry[0] - y), entry[1] & 1))  # ties to even
+            codes.append(best[1])
+    return (torch.tensor(codes, dtype=torch.uint8).view(x.shape),
+            torch.tensor(scales, dtype=torch.float32))

@@ -117,6 +117,11 @@ class KernelOptimizer(Optimizer):
             names += (self.amsgrad_state_name,)
         return names
 
+    def _kernel_checked_state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """State that need not have its param's shape and dtype (low-precision codes, their
+        scales): the kernel checks it. None by default."""
+        return ()
+
     def _init_state(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor | None:
         """A new state tensor; ``None`` lets the kernel create it on the first step."""
         return torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -378,9 +383,10 @@ class KernelOptimizer(Optimizer):
             plan.steps = steps
             plan.before.append(lambda: _advance_steps(steps, 1))
             plan.undo.append(lambda: _advance_steps(steps, -1))
+        unshaped = (*self.scalar_state_names, *self._kernel_checked_state_names(group))
         shaped = local_lists({"params": plan.params, "grads": plan.grads,
                               **{name: tensors for name, tensors in plan.state.items()
-                                 if name not in self.scalar_state_names}})
+                                 if name not in unshaped}})
         check_tensor_lists(fillable=tuple(plan.kernel_made), sparse=("grads",) if self.takes_sparse_grads else (),
                            **shaped)
         check_scalar_lists(len(params), **{name: plan.state[name] for name in self.scalar_state_names

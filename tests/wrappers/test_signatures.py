@@ -12,6 +12,10 @@ from tests.configs import OURS
 
 
 OUR_SWITCHES = [("flat", inspect.Parameter.KEYWORD_ONLY, False), ("compiled", inspect.Parameter.KEYWORD_ONLY, False)]
+# Adam, AdamW and RAdam also keep their moments in low precision (optkernels.quantization)
+LOW_PRECISION_SWITCHES = [("state_precision", inspect.Parameter.KEYWORD_ONLY, "fp32"),
+                          ("stochastic_rounding", inspect.Parameter.KEYWORD_ONLY, False),
+                          ("seed", inspect.Parameter.KEYWORD_ONLY, 0)]
 
 
 def _parameters(cls):
@@ -23,6 +27,8 @@ def _parameters(cls):
 def test_signature_is_torchs(reference):
     ours = OURS[reference]
     switches = OUR_SWITCHES if ours.elementwise else []
+    if issubclass(ours, wrappers.adam.LowPrecisionMoments):
+        switches = switches + LOW_PRECISION_SWITCHES
     assert _parameters(ours) == _parameters(reference) + switches
 
 

@@ -1,0 +1,87 @@
+"""The 8-bit blockwise scheme and stochastic rounding of ``optkernels.quantization``: codes equal a
+plain reference quantiser bit for bit, round trips stay within the format's error, stochastic
+rounding is reproducible and unbiased."""
+
+import pytest
+import torch
+
+from optkernels.quantization import (BLOCK_SIZE, dequantize_blockwise, num_blocks, quantize_blockwise,
+                                     random_bits, stochastic_round_to_bf16)
+from tests.reference import quantize_blockwise_reference
+
+
+def _values(numel: int, seed: int = 0) -> torch.Tensor:
+    """Gaussian values over six orders of magnitude, some exact zeros and negative zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(numel, generator=generator) * 10.0 ** torch.randint(-6, 1, (numel,), generator=generator)
+    x[::37] = 0.0
+    x[5::41] = -0.0
+    return x
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "sqrt"])
+def test_codes_equal_the_reference_quantiser(signed):
+    x = _values(2 * BLOCK_SIZE + 77)  # a partial last block
+    x[BLOCK_SIZE:2 * BLOCK_SIZE] = 0.0  # a block of zeros: scale 0
+    if not signed:
+        x = x.abs()
+    codes, scales = quantize_blockwise(x, signed=signed)
+    expected_codes, expected_scales = quantize_blockwise_reference(x, signed=signed)
+    assert codes.dtype == torch.uint8 and codes.shape == x.shape
+    assert scales.shape == (num_blocks(x.numel()),) and scales[1] == 0
+    assert torch.equal(scales, expected_scales)
+    assert torch.equal(codes, expected_codes)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "sqrt"])
+def test_round_trip_within_the_format(signed):
+    x = _values(4 * BLOCK_SIZE, seed=1).view(16, -1)
+    if not signed:
+        x = x.abs()
+    codes, scales = quantize_blockwise(x, signed=signed)
+    back = dequantize_blockwise(codes, scales, signed=signed)
+    assert back.shape == x.shape and back.dtype == torch.float32
+    # e4m3: a relative error of at most 2**-4 (normal codes), 2**-10 of the block's scale below
+    y, y_back = (x, back) if signed else (x.sqrt(), back.sqrt())
+    scale = scales.repeat_interleave(BLOCK_SIZE).view(x.shape)
+    bound = 2**-4 * y.abs() + 2**-10 * scale * 448 * 2**-6 + 1e-7 * y.abs()
+    assert ((y_back - y).abs() <= bound).all()
+    assert torch.equal(torch.signbit(back[x != 0]), torch.signbit(x[x != 0]))
+
+
+def test_zeros_and_block_maxima_are_exact():
+    x = torch.zeros(3 * BLOCK_SIZE)
+    x[7], x[BLOCK_SIZE + 3] = -2.5, 1e-4
+    back = dequantize_blockwise(*quantize_blockwise(x))
+    assert back[7] == -2.5 and abs(back[BLOCK_SIZE + 3] - 1e-4) <= 1e-11
+    assert (back[x == 0] == 0).all()
+
+
+def test_random_bits_are_reproducible_and_spread():
+    bits = random_bits(1 << 14, seed=3, step=5, stream=1)
+    assert torch.equal(bits, random_bits(1 << 14, seed=3, step=5, stream=1))
+    assert torch.equal(bits, random_bits(1 << 14, seed=torch.tensor(3.0, dtype=torch.float64),
+                                         step=torch.tensor(5.0, dtype=torch.float64), stream=1))
+    for other in (dict(seed=4, step=5, stream=1), dict(seed=3, step=6, stream=1), dict(seed=3, step=5, stream=2)):
+        assert (bits != random_bits(1 << 14, **other)).float().mean() > 0.99
+    assert bits.min() >= 0 and bits.max() < 1 << 16
+    assert abs(bits.float().mean().item() / 65535 - 0.5) < 0.01
+
+
+def test_stochastic_rounding_is_reproducible_and_unbiased():
+    x = torch.randn(1 << 16, generator=torch.Generator().manual_seed(0))
+    rounded = stochastic_round_to_bf16(x, seed=7, step=1)
+    assert rounded.dtype == torch.bfloat16
+    assert torch.equal(rounded.view(torch.int16), stochastic_round_to_bf16(x, seed=7, step=1).view(torch.int16))
+    assert not torch.equal(rounded, stochastic_round_to_bf16(x, seed=8, step=1))
+    # each result is one of x's two bf16 neighbours: below it (truncated) or one bf16 step above
+    truncated = (x.view(torch.int32) & -65536).view(torch.float32)
+    step_up = truncated.abs() * 2**-7  # a bf16 step is at most 2**-7 of the value it starts at
+    distance = (rounded.float() - truncated).abs()
+    assert ((distance == 0) | ((distance <= step_up) & (rounded.float().abs() > truncated.abs()))).all()
+    # unbiased: a value a quarter of the way between two bf16 neighbours averages to itself
+    value = 1.0 + 2**-9
+    mean = stochastic_round_to_bf16(torch.full((1 << 16,), value), seed=1, step=3).float().mean().item()
+    assert abs(mean - value) < 2**-7 * 0.01
+    assert torch.equal(stochastic_round_to_bf16(torch.tensor([1.0, -3.5, 0.0]), seed=0),
+                       torch.tensor([1.0, -3.5, 0.0], dtype=torch.bfloat16))
