@@ -14,8 +14,9 @@ slow workloads do not stretch the run; ``--steps`` and ``--budget`` change that.
 The roofline is the time one step needs to move the algorithm's minimum bytes at the memory
 bandwidth, sampled at the start and after each workload; the best sample counts.
 
-The default run (18 algorithms, 4 workloads) takes about 25 min on the 2-core reference machine;
-its first line says what it will time and about how long. It holds at most ``--memory-gb`` (4.5
+The default run (18 algorithms, 4 workloads) took 57 min on the 2-core reference machine with
+other jobs running, and 7.1 GB of resident memory at its peak; its first line says what it will
+time and about how long. It holds at most ``--memory-gb`` (4.5
 GB) of tensors at once, which with the process's own ~1 GB fits a machine with 8 GB: on GPT-2
 the params and the grads take 0.5 GB each, and each variant its own params and state (Adam on
 the CPU: 7 variants, up to 2 GB each), so there the variants run in pairs, the anchor (torch's
@@ -31,13 +32,20 @@ median ms per variant for each algorithm, quartile whiskers, the roofline as a d
 prints progress to stderr and the tables to stdout.
 """
 
-import argparse
+import os
+
+# Compile in this process, not in inductor's pool of worker processes: the pool keeps compiling
+# (and warming up) in the background after a variant's first step, and on a 2-core machine that
+# slowed the next rounds of whatever ran beside the compiled variant (torch's fused Adam timed at
+# 600-1,240 ms beside it, 110 ms elsewhere). Set before torch is imported.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import argparse  # noqa: E402 (after the environment is set)
 import datetime
 import gc
 import itertools
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -57,9 +65,9 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_WORKLOADS = tuple(WORKLOADS)
 SCALE_DEFAULTS = {"full": (20, 3.0), "small": (10, 0.5)}  # (most timed rounds, seconds of timing per row)
 MIN_STEPS = 3  # timed rounds at least, whatever the budget
-# Seconds one algorithm takes on each workload at full scale on the 2-core reference machine,
-# for the first line's estimate (from a default run on an idle machine; see the README).
-SECONDS_PER_ROW = {"gpt2": 40, "resnet50": 8, "many-small": 3, "few-large": 20}
+# Seconds one algorithm takes on each workload at full scale on the 2-core reference machine, for
+# the first line's estimate: the default run of 2026-12-02 (57 min, with other jobs running).
+SECONDS_PER_ROW = {"gpt2": 107, "resnet50": 34, "many-small": 8, "few-large": 39}
 DEFAULT_MEMORY_GB = 4.5  # with the process's own ~1 GB, the run fits a machine with 8 GB
 
 
@@ -278,7 +286,7 @@ def plan(args: argparse.Namespace) -> str:
               if args.memory_bytes else "every variant of an algorithm in memory at once (no limit)")
     return (f"timing {len(args.algorithms)} algorithms x {len(args.workloads)} workloads "
             f"({', '.join(args.workloads)}) on {', '.join(args.devices)}, scale {args.scale}: {rows} rows, "
-            f"{duration} on an idle 2-core machine; {memory}")
+            f"{duration} on a busy 2-core machine; {memory}")
 
 
 def _available_devices() -> tuple[str, ...]:
