@@ -34,12 +34,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.autograd import DeviceType
 from torch.nn import functional as F
-from torch.profiler import ProfilerActivity, profile
 
 import wrappers
-from benchmarks.measure import synchronize, time_interleaved
+from benchmarks.measure import memory_changes, time_interleaved
 from wrappers.in_backward import RUN_BYTES, step_in_backward
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -121,15 +119,7 @@ def _steppers(shape: dict, batch: int, context: int, device: torch.device, compi
 
 def memory_timeline(step, device: torch.device) -> list[tuple[float, int]]:
     """(ms since the step began, bytes held above the start) after each allocation and free."""
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    synchronize(device)
-    with profile(activities=activities, profile_memory=True) as prof:
-        step()
-        synchronize(device)
-    device_type = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
-    changes = sorted((event.start_ns(), event.nbytes()) for event in prof.profiler.kineto_results.events()
-                     if event.name() == "[memory]" and event.device_type() == device_type)
+    changes = memory_changes(step, device)
     if not changes:
         return [(0.0, 0)]
     start, live, series = changes[0][0], 0, [(0.0, 0)]

@@ -173,8 +173,9 @@ def memory_bandwidth(device: torch.device, *, nbytes: int = 512 * 2**20, repeats
     return best
 
 
-def peak_extra_bytes(step: Stepper, device: torch.device) -> int:
-    """Peak bytes allocated on ``device`` during one call of ``step``, above its start: see above."""
+def memory_changes(step: Stepper, device: torch.device) -> list[tuple[int, int]]:
+    """(ns, bytes) of every allocation (positive) and free (negative) on ``device`` during one
+    call of ``step``, in time order: see the module's docstring."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keep the profiler's start/stop lines off stderr
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
@@ -182,12 +183,17 @@ def peak_extra_bytes(step: Stepper, device: torch.device) -> int:
         step()
         synchronize(device)
     device_type = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
-    # the raw events, in time order: the profiler's tables add allocations up per op instead
-    changes = sorted(
+    # the raw events: the profiler's tables add allocations up per op instead
+    return sorted(
         (event.start_ns(), event.nbytes())
         for event in prof.profiler.kineto_results.events()
         if event.name() == "[memory]" and event.device_type() == device_type
     )
+
+
+def peak_extra_bytes(step: Stepper, device: torch.device) -> int:
+    """Peak bytes allocated on ``device`` during one call of ``step``, above its start: see above."""
+    changes = memory_changes(step, device)
     live = peak = 0
     for _, nbytes in changes:
         live += nbytes
