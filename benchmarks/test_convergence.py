@@ -46,6 +46,16 @@ def test_ours_trains_as_torch_bit_for_bit(task_name, algorithm):
     assert len(set(ours.losses)) > 1  # the model moved
 
 
+FLAT_CASES = [name for name, algorithm in ALGORITHMS.items() if algorithm.wrapper.elementwise]
+
+
+@pytest.mark.parametrize("algorithm", FLAT_CASES)
+def test_the_flat_mode_trains_as_torch_bit_for_bit(algorithm):
+    theirs, flat = _runs(MLP(steps=4), algorithm, ("torch", "ours-flat"))
+    assert torch.equal(torch.tensor(flat.losses), torch.tensor(theirs.losses))
+    assert same_curves(flat, theirs)
+
+
 def test_a_different_run_is_told_apart():
     task = MLP(steps=4)
     theirs, ours = _runs(task, "adam")
@@ -102,7 +112,8 @@ def test_the_command_writes_table_plot_and_json(tmp_path, capsys):
     # Muon: neither a fast mode (not elementwise) nor a fused one in torch
     assert {(run.task, run.algorithm, run.variant) for run in runs} == {
         (task, algorithm, variant) for task in TASKS for algorithm, variants in (
-            ("adam", ("torch", "ours", "ours-fast", "torch-fused")), ("muon", ("torch", "ours"))) for variant in variants}
+            ("adam", ("torch", "ours", "ours-flat", "ours-fast", "torch-fused")), ("muon", ("torch", "ours")))
+        for variant in variants}
     progress = capsys.readouterr().err.splitlines()
     assert len(progress) == len(TASKS) * 2 * len(VARIANTS) and "charlm muon ours-fast: none" in "\n".join(progress)
 
@@ -116,6 +127,6 @@ def test_the_command_writes_table_plot_and_json(tmp_path, capsys):
     table = (tmp_path / "convergence.md").read_text()
     summary = table.split("## Summary")[1].split("## Every run")[0]
     adam, muon = (next(line for line in summary.splitlines() if line.startswith(f"| {name} |")) for name in ("adam", "muon"))
-    assert adam.split(" | ")[5] == "bit for bit"  # ours vs torch, every task
+    assert adam.split(" | ")[5:7] == ["bit for bit", "bit for bit"]  # ours and ours-flat vs torch, every task
     assert muon.rstrip(" |").endswith("bit for bit")  # the fast and fused columns empty
-    assert table.count("| charlm | adam |") == 4
+    assert table.count("| charlm | adam |") == 5
