@@ -56,3 +56,18 @@ def test_the_rule_is_the_kernels_update_on_one_tensor():
     compiled, foreach = _adam_twice(compiled=True), _adam_twice(compiled=False)
     for ours, eager in zip(compiled, foreach):
         torch.testing.assert_close(ours, eager)
+
+
+# --- why the compiled pass equals torch.optim to rounding, not bit for bit, on the CPU -----------
+def test_eager_cpu_sqrt_is_not_correctly_rounded_but_the_compiled_one_is():
+    """The README says no compiled rule can equal eager's square roots bit for bit: eager's is MKL's
+    (within an ulp), the compiled loop's is exact. Should torch change either, this fails, and the
+    compiled rules could then be made to equal eager."""
+    if not torch.backends.mkl.is_available():
+        pytest.skip("eager sqrt is MKL's only where torch is built with MKL")
+    values = torch.rand(100_000, generator=torch.Generator().manual_seed(0))
+    exact = values.double().sqrt().float()  # double rounding is innocuous for sqrt (53 >= 2 * 24 + 2)
+    compiled = torch.compile(torch.sqrt, dynamic=True)(values)
+    assert torch.equal(compiled, exact)
+    ulps = (values.sqrt().view(torch.int32) - exact.view(torch.int32)).abs()
+    assert ulps.max() == 1 and ulps.count_nonzero() > 100
