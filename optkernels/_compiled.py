@@ -124,6 +124,7 @@ def _prepared(rule: Rule, *, maximize: bool, decays_grad: bool, scales_param: bo
     parts = [name for name, on in (("maximize", maximize), ("grad_decay", decays_grad),
                                    ("param_scale", scales_param)) if on]
     prepared_rule.__name__ = prepared_rule.__qualname__ = "_".join([rule.__name__, "after", *parts])
+    prepared_rule.inductor_options = getattr(rule, "inductor_options", {})
     return prepared_rule
 
 
@@ -136,7 +137,8 @@ def _runner(rule: Rule, names: tuple[str, ...], dtype: torch.dtype, device: torc
     turn at each call, at most 8 per function by default: each runner gets a code object of its
     own, holding one graph (two where a tensor of size 0 or 1, which dynamo specialises, comes
     too). ``cpp.dynamic_threads``: a CPU loop is parallel whatever size the graph was first
-    compiled for (inductor otherwise keeps a graph traced on a small tensor serial)."""
+    compiled for (inductor otherwise keeps a graph traced on a small tensor serial). A rule may
+    carry more inductor options in its attribute ``inductor_options``."""
     def unpacked(*tensors, scalars, **branches):
         rule(*tensors, **dict(zip(names, scalars.unbind())), **branches)
     label = f"{rule.__name__}_{str(dtype).removeprefix('torch.')}_{device.type}"
@@ -144,7 +146,8 @@ def _runner(rule: Rule, names: tuple[str, ...], dtype: torch.dtype, device: torc
     unpacked.__name__ = unpacked.__qualname__ = label
     if not is_dynamo_supported():
         return _fall_back(rule, unpacked, RuntimeError("torch.compile is not supported on this Python or platform"))
-    fast = torch.compile(unpacked, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True})
+    options = {"cpp.dynamic_threads": True, **getattr(rule, "inductor_options", {})}
+    fast = torch.compile(unpacked, dynamic=True, fullgraph=True, options=options)
 
     def call(*args, **kwargs):
         if rule in _EAGER:

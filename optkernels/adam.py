@@ -231,12 +231,28 @@ def adam_low_precision_rule(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp
     v = load_state(exp_avg_sq, exp_avg_sq_scale, signed=False)
     m = m + (g - m) * (1 - beta1)                                    # m_t
     v = v * beta2 + g * (g * (1 - beta2))                            # v_t
-    if momentum_only:  # RAdam before its rectification starts: an SGD-with-momentum step
-        p = p - m * step_size
+    if param_rows is not param:
+        # the param's update in its own (flat) shape, reading m and v through views: compiled, a
+        # write of block-shaped values into the flat param would be a buffer and a copy pass
+        p = param.float() if param_factor is None else param.float() * param_factor
+        m_param, v_param = m.view(param.shape), v.view(param.shape)
     else:
-        p = p - m / (v.sqrt() * rsqrt_bias_correction2 + eps) * step_size
+        m_param, v_param = m, v
+    if momentum_only:  # RAdam before its rectification starts: an SGD-with-momentum step
+        p = p - m_param * step_size
+    else:
+        p = p - m_param / (v_param.sqrt() * rsqrt_bias_correction2 + eps) * step_size
     # the param first: compiled, its pass then reads the old codes, before they are rewritten
-    store_param(param, p.view(param.shape), stochastic_rounding=stochastic_rounding, seed=seed, step=step)
+    store_param(param, p, stochastic_rounding=stochastic_rounding, seed=seed, step=step)
     store_state(exp_avg, exp_avg_scale, m, signed=True, seed=seed, step=step, stream=STREAMS["exp_avg"])
     store_state(exp_avg_sq, exp_avg_sq_scale, v, signed=False, seed=seed, step=step,
                 stream=STREAMS["exp_avg_sq"])
+
+
+# Inductor stores an intermediate (a dequantised moment, the new param) to a buffer of the tensor's
+# size where its expression is long or read by several kernels: its CPU defaults (50 ops, 12 reads)
+# would cut this rule into passes over memory joined by float32 buffers, where recomputing is
+# faster (measured on 4M elements). With these, the 8-bit rule on whole blocks is two passes (each
+# block's absmax of the new moments; then the param and both codes), the bf16 rule one (torch 2.13).
+adam_low_precision_rule.inductor_options = {"realize_cpu_opcount_threshold": 4096,
+                                            "realize_cpu_acc_reads_threshold": 64, "realize_reads_threshold": 64}

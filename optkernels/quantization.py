@@ -44,7 +44,7 @@ CODE_DTYPE = torch.uint8
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn
 
 _MASK32 = 0xFFFFFFFF
-# Multipliers under 2**31, so that a product with a 32-bit value fits an int64 without overflow.
+# Multipliers under 2**31 (the per-call key is an int64 product of one with a 32-bit value).
 _MIX = (0x5BD1E995, 0x27D4EB2D, 0x165667B1, 0x7FEB352D)
 STREAMS = {"exp_avg": 1, "exp_avg_sq": 2, "param": 3}
 """Stream ids of :func:`random_bits`, so the moments and the params of one step draw apart."""
@@ -99,7 +99,25 @@ def _quantize_rows(rows: Tensor, *, signed: bool) -> tuple[Tensor, Tensor]:
     # a block of zeros divides by 1 (its codes are 0 whatever the divisor), keeping scale 0
     divisor = torch.where(absmax > 0, scales, torch.ones_like(scales))
     scaled = (rows / divisor.unsqueeze(1)).clamp(-FP8_MAX, FP8_MAX)
+    # the fp8 cast: inductor vectorizes it (all but its byte-wide reinterpret). An encoder in bit
+    # operations on the float32 pattern was slower compiled (torch 2.13: float32/int32 bit casts of
+    # computed values are scalar loops), one in float32 arithmetic too (48 against 36 ms on 4M
+    # elements in the 8-bit Adam rule) and 5x slower to compile: measured, then dropped
     return scaled.to(torch.float8_e4m3fn).view(CODE_DTYPE), scales
+
+
+def e4m3_decode(codes: Tensor) -> Tensor:
+    """``codes.view(torch.float8_e4m3fn).float()`` for uint8 e4m3 codes other than the two NaNs,
+    without an fp8 dtype or a bit cast (both scalar loops in inductor's C++ code): a code of
+    exponent field :math:`e` and mantissa :math:`m` is :math:`(m + 8[e > 0]) \cdot
+    2^{\max(e, 1) - 10}`, products of small integers and powers of two, exact; ``0x80`` is
+    ``-0.0``."""
+    code = codes.to(torch.int32)
+    exponent = (code >> 3) & 0xF
+    significand = (code & 7) + (exponent > 0).to(torch.int32) * 8
+    power = (1 << (exponent.clamp(min=1) - 1)).to(torch.float32)  # 2**(max(e, 1) - 1), exact
+    value = significand.to(torch.float32) * power * 2.0**-9
+    return torch.where(code >= 0x80, -value, value)
 
 
 def _unpadded(flat: Tensor, numel: int) -> Tensor:
@@ -111,14 +129,15 @@ def dequantize_blockwise(codes: Tensor, scales: Tensor, *, signed: bool = True,
                          block_size: int = BLOCK_SIZE) -> Tensor:
     """The float32 values ``codes`` and ``scales`` (from :func:`quantize_blockwise`) stand for,
     in ``codes``' shape: ``code * scale`` (``signed``) or its square (``signed=False``)."""
-    rows = _dequantize_rows(_blocks(codes.reshape(-1).view(torch.float8_e4m3fn), block_size, scales.shape[0]),
+    rows = _dequantize_rows(_blocks(e4m3_decode(codes.reshape(-1)), block_size, scales.shape[0]),
                             scales, signed=signed)
     return _unpadded(rows.reshape(-1), codes.numel()).view(codes.shape)
 
 
 def _dequantize_rows(rows: Tensor, scales: Tensor, *, signed: bool) -> Tensor:
-    """float32 values of e4m3 ``rows`` (one block each) and their scales."""
-    values = rows.float() * scales.unsqueeze(1)
+    """float32 values of e4m3 ``rows`` (one block each; uint8 codes or their float32 values) and
+    their scales."""
+    values = (e4m3_decode(rows) if rows.dtype == CODE_DTYPE else rows.float()) * scales.unsqueeze(1)
     return values if signed else values * values
 
 
@@ -147,18 +166,32 @@ def _as_int(value) -> Tensor | int:
     return int(value) & _MASK32
 
 
+def _to_int32(value: Tensor | int) -> Tensor | int:
+    """An integer in [0, 2**32) as the int32 with its bits (a 0-d int64 tensor or an int)."""
+    if isinstance(value, Tensor):
+        return torch.where(value >= 1 << 31, value - (1 << 32), value).to(torch.int32)
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def random_bits(numel: int, *, seed, step, stream: int, device: torch.device | str = "cpu") -> Tensor:
     """``numel`` pseudo-random int32 values in ``[0, 2**16)``, a hash of ``(seed, step, stream,
     element index)`` (integer tensor ops: the same bits in eager and compiled code, on any
-    device). ``seed`` and ``step`` are ints or 0-d tensors holding integers."""
-    key = (_as_int(seed) * _MIX[0] + (_as_int(step) * _MIX[1] & _MASK32) + stream * _MIX[2]) & _MASK32
-    h = (torch.arange(numel, device=device, dtype=torch.int64) * _MIX[3] + key) & _MASK32
-    h = h ^ (h >> 16)
-    h = (h * _MIX[0]) & _MASK32
-    h = h ^ (h >> 15)
-    h = (h * _MIX[1]) & _MASK32
-    h = h ^ (h >> 16)
-    return (h & 0xFFFF).to(torch.int32)
+    device). ``seed`` and ``step`` are ints or 0-d tensors holding integers.
+
+    The hash is arithmetic modulo 2**32 (a murmur-style finaliser). Per element it runs in int32,
+    which inductor vectorizes: multiplies wrap, and a logical right shift is an arithmetic one
+    masked to the bits it keeps; the per-call key is computed on scalars in int64."""
+    key = _to_int32((_as_int(seed) * _MIX[0] + (_as_int(step) * _MIX[1] & _MASK32) + stream * _MIX[2]) & _MASK32)
+    if numel > 1 << 31:  # indices past int32: their product with the multiplier, modulo 2**32, in int64
+        index = _to_int32(torch.arange(numel, device=device, dtype=torch.int64) * _MIX[3] & _MASK32)
+        h = index + key
+    else:
+        h = torch.arange(numel, device=device, dtype=torch.int32) * _MIX[3] + key
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _MIX[0]
+    h = h ^ ((h >> 15) & 0x1FFFF)
+    h = h * _MIX[1]
+    return (h ^ (h >> 16)) & 0xFFFF
 
 
 def stochastic_round_to_bf16(x: Tensor, *, seed, step=0, stream: int = 0) -> Tensor:
@@ -205,7 +238,7 @@ def quantized(state: Tensor) -> bool:
 def load_state(state: Tensor, scales: Tensor | None, *, signed: bool) -> Tensor:
     """A state tensor's values in float32, in its shape: codes dequantised, others upcast."""
     if quantized(state) and in_rows(state, scales):
-        return _dequantize_rows(state.view(torch.float8_e4m3fn), scales, signed=signed)
+        return _dequantize_rows(state, scales, signed=signed)
     if quantized(state):
         return dequantize_blockwise(state, scales, signed=signed)
     return state.float()

@@ -1,12 +1,14 @@
 """The 8-bit blockwise scheme and stochastic rounding of ``optkernels.quantization``: codes equal a
-plain reference quantiser bit for bit, round trips stay within the format's error, stochastic
-rounding is reproducible and unbiased."""
+plain reference quantiser bit for bit, the e4m3 decoder equals torch's fp8 cast bit for
+bit (eager and compiled), round trips stay within the format's error, the int32 hash gives the
+int64 one's bits, stochastic rounding is reproducible and unbiased."""
+
 
 import pytest
 import torch
 
-from optkernels.quantization import (BLOCK_SIZE, dequantize_blockwise, num_blocks, quantize_blockwise,
-                                     random_bits, stochastic_round_to_bf16)
+from optkernels.quantization import (BLOCK_SIZE, dequantize_blockwise, e4m3_decode, num_blocks,
+                                     quantize_blockwise, random_bits, stochastic_round_to_bf16)
 from tests.reference import quantize_blockwise_reference
 
 
@@ -85,3 +87,48 @@ def test_stochastic_rounding_is_reproducible_and_unbiased():
     assert abs(mean - value) < 2**-7 * 0.01
     assert torch.equal(stochastic_round_to_bf16(torch.tensor([1.0, -3.5, 0.0]), seed=0),
                        torch.tensor([1.0, -3.5, 0.0], dtype=torch.bfloat16))
+
+
+# --- e4m3 by bit arithmetic: torch's casts, bit for bit --------------------------------------
+_CODES = torch.tensor([code for code in range(256) if code not in (0x7F, 0xFF)], dtype=torch.uint8)  # no NaNs
+
+
+def test_e4m3_decode_equals_the_cast():
+    expected = _CODES.view(torch.float8_e4m3fn).float()
+    assert torch.equal(e4m3_decode(_CODES).view(torch.int32), expected.view(torch.int32))  # -0.0 too
+
+
+def test_e4m3_decode_compiled_equals_eager():
+    codes = _CODES.repeat(3)
+    decoded = torch.compile(e4m3_decode, fullgraph=True, dynamic=False)(codes)
+    assert torch.equal(decoded.view(torch.int32), codes.view(torch.float8_e4m3fn).float().view(torch.int32))
+
+
+def _random_bits_int64(numel, *, seed, step, stream):
+    """The int64 hash ``random_bits`` was first written as: the reference its int32 form keeps."""
+    mask, mix = 0xFFFFFFFF, (0x5BD1E995, 0x27D4EB2D, 0x165667B1, 0x7FEB352D)
+
+    def as_int(value):
+        return value.to(torch.int64) & mask if isinstance(value, torch.Tensor) else int(value) & mask
+    key = (as_int(seed) * mix[0] + (as_int(step) * mix[1] & mask) + stream * mix[2]) & mask
+    h = (torch.arange(numel, dtype=torch.int64) * mix[3] + key) & mask
+    h = h ^ (h >> 16)
+    h = (h * mix[0]) & mask
+    h = h ^ (h >> 15)
+    h = (h * mix[1]) & mask
+    h = h ^ (h >> 16)
+    return (h & 0xFFFF).to(torch.int32)
+
+
+@pytest.mark.parametrize("seed, step, stream", [(0, 1, 1), (3, 5, 2), (2**32 - 1, 2**31 + 7, 3),
+                                                (2**45 + 12345, 10**6, 1)])
+def test_random_bits_equal_the_int64_hash(seed, step, stream):
+    numel = 1 << 18
+    expected = _random_bits_int64(numel, seed=seed, step=step, stream=stream)
+    assert torch.equal(random_bits(numel, seed=seed, step=step, stream=stream), expected)
+    as_tensors = dict(seed=torch.tensor(float(seed), dtype=torch.float64),
+                      step=torch.tensor(float(step), dtype=torch.float64))
+    assert torch.equal(random_bits(numel, stream=stream, **as_tensors), expected)
+    compiled = torch.compile(random_bits, fullgraph=True, dynamic=False)
+    if (seed, step) == (3, 5):  # one compile: inductor's int32 code, wrapping multiplies included
+        assert torch.equal(compiled(numel, stream=stream, **as_tensors), expected)
