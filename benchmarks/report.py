@@ -41,7 +41,9 @@ import os
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import argparse  # noqa: E402 (after the environment is set)
+import ctypes
 import datetime
+import functools
 import gc
 import itertools
 import json
@@ -68,6 +70,7 @@ MIN_STEPS = 3  # timed rounds at least, whatever the budget
 # Seconds one algorithm takes on each workload at full scale on the 2-core reference machine, for
 # the first line's estimate: the default run of 2026-12-02 (57 min, with other jobs running).
 SECONDS_PER_ROW = {"gpt2": 107, "resnet50": 34, "many-small": 8, "few-large": 39}
+VARIANT_BY_NAME = {variant.name: variant for variant in VARIANTS}
 DEFAULT_MEMORY_GB = 4.5  # with the process's own ~1 GB, the run fits a machine with 8 GB
 
 
@@ -84,7 +87,7 @@ class Record:
     max_ms: float
     quartiles_ms: tuple[float, float]  # 25th and 75th percentiles
     roofline_ms: float
-    min_bytes: int  # the algorithm's least traffic per step, which the roofline moves at full bandwidth
+    min_bytes: int  # the variant's least traffic per step, which the roofline moves at full bandwidth
     peak_extra_bytes: int
     first_step_s: float  # the first step: creates the state, flattens, compiles (see measure.py)
     anchor: str  # the variant timed beside this one in every group (see benchmark())
@@ -94,6 +97,8 @@ class Record:
     steps: int
     tensors: int
     elements: int
+    precision: str = "fp32"  # of params and state (see variants.Variant)
+    state_bytes_per_element: float | None = None  # the optimizer's state after the timed steps; None: unknown
 
 
 @dataclass(frozen=True)
@@ -109,22 +114,26 @@ class Measurement:
     peaks: dict[str, int]  # peak extra bytes of one step
     first_steps: dict[str, float]  # seconds of each variant's first step
     torch_default: str     # the variant torch.optim runs by default on this device
+    state_bytes: dict[str, int | None]  # of each variant's optimizer state; None where not an Optimizer
 
     def records(self, bandwidth: float) -> list[Record]:
-        min_bytes = self.algorithm.min_bytes(self.workload.shapes, self.workload.element_size)
-        roofline_ms = min_bytes / bandwidth * 1e3
         default = self.x_anchor.get(self.torch_default)
-        return [
-            Record(device=self.device.type, workload=self.workload.name, algorithm=self.algorithm.name,
-                   variant=name, median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
-                   quartiles_ms=timing.quartiles_ms, roofline_ms=roofline_ms, min_bytes=min_bytes,
-                   peak_extra_bytes=self.peaks[name], first_step_s=self.first_steps[name], anchor=self.anchor,
-                   x_anchor=self.x_anchor[name],
-                   x_torch_default=self.x_anchor[name] / default if default else None,
-                   x_roofline=timing.median_ms / roofline_ms, steps=len(timing.seconds),
-                   tensors=len(self.workload.shapes), elements=self.workload.numel)
-            for name, timing in self.timings.items()
-        ]
+        records = []
+        for name, timing in self.timings.items():
+            variant = VARIANT_BY_NAME[name]
+            min_bytes = variant.min_bytes(self.algorithm, self.workload.shapes, self.workload.element_size)
+            roofline_ms = min_bytes / bandwidth * 1e3
+            state = self.state_bytes.get(name)
+            records.append(Record(
+                device=self.device.type, workload=self.workload.name, algorithm=self.algorithm.name,
+                variant=name, median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
+                quartiles_ms=timing.quartiles_ms, roofline_ms=roofline_ms, min_bytes=min_bytes,
+                peak_extra_bytes=self.peaks[name], first_step_s=self.first_steps[name], anchor=self.anchor,
+                x_anchor=self.x_anchor[name], x_torch_default=self.x_anchor[name] / default if default else None,
+                x_roofline=timing.median_ms / roofline_ms, steps=len(timing.seconds),
+                tensors=len(self.workload.shapes), elements=self.workload.numel, precision=variant.precision,
+                state_bytes_per_element=None if state is None else state / self.workload.numel))
+        return records
 
 
 def anchor_variant(names: Sequence[str]) -> str:
@@ -151,19 +160,19 @@ def variant_groups(names: Sequence[str], anchor: str, size: int) -> list[list[st
 
 
 def group_size(algorithm: Algorithm, workload: Workload, memory_bytes: float | None) -> int:
-    """How many variants fit in ``memory_bytes`` beside the shared params and grads (None: all)."""
+    """How many variants fit in ``memory_bytes`` beside the shared grads (None: all)."""
     if memory_bytes is None:
         return len(VARIANTS)
-    shared = 2 * workload.numel * workload.element_size  # the params each variant clones, and the grads
+    shared = workload.numel * workload.element_size  # the grads every variant reads
     held = algorithm.held_bytes(workload.shapes, workload.element_size)
     return max(2, int((memory_bytes - shared) // held))
 
 
-def benchmark(workload: Workload, algorithm: Algorithm, params: list[torch.Tensor], grads: list[torch.Tensor], *,
-              steps: int, warmup: int, budget_s: float | None, device: torch.device, memory_bytes: float | None = None,
-              progress: Progress | None = None) -> Measurement:
-    """Time every variant of ``algorithm`` on its own copy of ``params`` and the shared ``grads``, then
-    each one's peak memory.
+def benchmark(workload: Workload, algorithm: Algorithm, params: Callable[[], list[torch.Tensor]],
+              grads: list[torch.Tensor], *, steps: int, warmup: int, budget_s: float | None, device: torch.device,
+              memory_bytes: float | None = None, progress: Progress | None = None) -> Measurement:
+    """Time every variant of ``algorithm`` on its own ``params()`` (the same values for each) and the
+    shared ``grads``, then each one's peak memory.
 
     As many variants as ``memory_bytes`` holds are built and timed together; where that is not
     all of them, they run in groups, one after the other, each with the anchor (torch's fastest
@@ -176,17 +185,18 @@ def benchmark(workload: Workload, algorithm: Algorithm, params: list[torch.Tenso
     groups = variant_groups(names, anchor, group_size(algorithm, workload, memory_bytes))
     say = progress or (lambda line: None)
     anchor_seconds: list[float] = []
-    timings, x_anchor, peaks, first_steps = {}, {}, {}, {}
+    timings, x_anchor, peaks, first_steps, state_bytes = {}, {}, {}, {}, {}
     for number, group in enumerate(groups, 1):
         if len(groups) > 1:
             say(f"group {number}/{len(groups)} (within the memory budget): {', '.join(group)}")
-        firsts, group_timings, group_peaks = _measure_group(
+        firsts, group_timings, group_peaks, group_states = _measure_group(
             algorithm, params, grads, device, group, steps=steps, warmup=warmup, say=say, progress=progress,
             budget_s=budget_s / len(groups) if budget_s else None, profiled=peaks.keys())
-        gc.collect()  # this group's copies are gone before the next group's are built
+        release_memory()  # this group's copies are gone before the next group's are built
         for name, seconds in firsts.items():
             first_steps.setdefault(name, seconds)
         peaks.update(group_peaks)
+        state_bytes.update(group_states)
         anchor_seconds += group_timings[anchor].seconds
         for name, timing in group_timings.items():
             if name != anchor:
@@ -195,10 +205,10 @@ def benchmark(workload: Workload, algorithm: Algorithm, params: list[torch.Tenso
     timings[anchor], x_anchor[anchor] = Timing(tuple(anchor_seconds)), 1.0
     timings = {name: timings[name] for name in names}  # the variants' order
     return Measurement(device, workload, algorithm, timings, x_anchor, anchor, peaks, first_steps,
-                       torch_default_variant(device))
+                       torch_default_variant(device), state_bytes)
 
 
-def _measure_group(algorithm: Algorithm, params: list[torch.Tensor], grads: list[torch.Tensor], device: torch.device,
+def _measure_group(algorithm: Algorithm, params: Callable[[], list[torch.Tensor]], grads: list[torch.Tensor], device: torch.device,
                    group: Sequence[str], *, steps: int, warmup: int, budget_s: float | None, say: Progress,
                    progress: Progress | None, profiled: Collection[str]):
     """First steps, timings, and the peaks of those not yet ``profiled``, of one group of variants.
@@ -220,7 +230,46 @@ def _measure_group(algorithm: Algorithm, params: list[torch.Tensor], grads: list
     say("peak memory: one profiled step per variant")
     peaks = {name: peak_extra_bytes(step, device)  # in steady state
              for name, step in steppers.items() if name not in profiled}
-    return firsts, timings, peaks
+    return firsts, timings, peaks, {name: state_bytes(step) for name, step in steppers.items()}
+
+
+def state_bytes(step: Callable[[], None]) -> int | None:
+    """Bytes of the state of the optimizer whose ``step`` this is (its tensors of one dimension or
+    more: not the 0-d step counts); None for a step that is not an Optimizer's (functional calls)."""
+    optimizer = getattr(step, "__self__", None)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return None
+    return sum(_tensor_bytes(value) for state in optimizer.state.values() for value in state.values()
+               if isinstance(value, torch.Tensor) and value.dim() > 0)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    """A tensor's bytes; for a tensor subclass (torchao's quantised state), those of the tensors it is made of."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) is not torch.Tensor:
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def release_memory() -> None:
+    """Free what no variant holds any more, and hand the C heap's free pages back to the system:
+    glibc's malloc keeps freed blocks under 32 MB (most of GPT-2's tensors) in its heap, so
+    without a trim the resident memory after each group stays at the largest group's (1.5-2 GB
+    above what is live, measured on GPT-2), and the next group adds to that."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -242,14 +291,16 @@ def main(argv: Sequence[str] | None = None) -> list[Record]:
         warm_compiler(device)
         measurements = []
         for workload in workloads:
-            params, grads = workload.tensors(seed=0, device=device), workload.tensors(seed=1, device=device)
+            # each variant's params are drawn anew (seed 0): no master copy held beside the variants'
+            params = functools.partial(workload.tensors, seed=0, device=device)
+            grads = workload.tensors(seed=1, device=device)
             for algorithm in algorithms:
                 progress = _prefixed(f"[{next(count)}/{total} {device.type} {workload.name} {algorithm.name}]")
                 progress(f"{workload.description}; {time.perf_counter() - started:.0f} s so far")
                 measurements.append(benchmark(workload, algorithm, params, grads, steps=args.steps, warmup=args.warmup,
                                               budget_s=args.budget, device=device, memory_bytes=args.memory_bytes,
                                               progress=progress))
-                gc.collect()  # free this algorithm's copies before the next are built
+                release_memory()  # free this algorithm's copies before the next are built
             del params, grads
             # Samples spread over the run: a busy machine may slow any one of them, rarely all.
             # (The small scale's workloads fit in the cache: one sample is plenty there.)
@@ -425,8 +476,8 @@ def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
     for first in groups:
         rows = [r for r in records
                 if (r.device, r.workload, r.algorithm) == (first.device, first.workload, first.algorithm)]
-        ours = _fastest(r for r in rows if _is_ours(r.variant))
-        theirs = _fastest(r for r in rows if not _is_ours(r.variant))
+        ours = _fastest(r for r in rows if _is_ours(r.variant) and r.precision == "fp32")
+        theirs = _fastest(r for r in rows if not _is_ours(r.variant) and r.precision == "fp32")
         ratio = f"{ours.x_anchor / theirs.x_anchor:.2f}" if ours and theirs else "—"
         cells = [first.device, first.workload, first.algorithm, _fmt(first.roofline_ms),
                  *((theirs.variant, _fmt(theirs.median_ms)) if theirs else ("—", "—")),
@@ -435,6 +486,7 @@ def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
                  _fmt(ours.peak_extra_bytes / 2**20) if ours else "—",
                  _fmt(theirs.peak_extra_bytes / 2**20) if theirs else "—"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += low_precision_table(records)
     lines += [
         "",
         "## Median ms per step (× roofline), every variant",
@@ -454,19 +506,48 @@ def markdown(records: Sequence[Record], machine: dict, settings: dict) -> str:
         "## Every variant",
         "",
         "| device | workload | algorithm | variant | median ms | min ms | max ms | anchor | × anchor | × torch default "
-        "| × roofline | first step ms | peak extra MiB | steps |",
-        "|---|---|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|",
+        "| × roofline | first step ms | peak extra MiB | state B/element | steps |",
+        "|---|---|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in records:
         x_default = "—" if r.x_torch_default is None else f"{r.x_torch_default:.2f}"
         cells = [r.device, r.workload, r.algorithm, r.variant, _fmt(r.median_ms), _fmt(r.min_ms), _fmt(r.max_ms),
-                 r.anchor, f"{r.x_anchor:.2f}", x_default, _fmt(r.x_roofline), _fmt(r.first_step_s * 1e3), _fmt(r.peak_extra_bytes / 2**20),
-                 str(r.steps)]
+                 r.anchor, f"{r.x_anchor:.2f}", x_default, _fmt(r.x_roofline), _fmt(r.first_step_s * 1e3),
+                 _fmt(r.peak_extra_bytes / 2**20), _state(r), str(r.steps)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Workloads", "", "| workload | tensors | elements |", "|---|--:|--:|"]
     for first in _unique(records, key=lambda r: r.workload):
         lines.append(f"| {first.workload} | {first.tensors} | {first.elements:,} |")
     return "\n".join(lines) + "\n"
+
+
+def low_precision_table(records: Sequence[Record]) -> list[str]:
+    """Where low-precision variants ran: each beside the anchor (torch's fused fp32 step) and our
+    fp32 best, with its state per element and its roofline at its own least traffic."""
+    keys = _unique([r for r in records if r.precision != "fp32"], key=lambda r: (r.device, r.workload, r.algorithm))
+    if not keys:
+        return []
+    lines = ["", "## Low-precision state", "",
+             "Each low-precision variant beside the anchor (torch's fused fp32 step) and our fastest fp32 variant: "
+             "the optimizer state per element (moments, their scales), the least bytes per element its step moves, "
+             "and its roofline at that traffic.", "",
+             "| device | workload | algorithm | variant | precision | state B/element | least B/element | median ms "
+             "| × anchor | roofline ms | × its roofline | first step ms |",
+             "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for key in keys:
+        rows = [r for r in records if (r.device, r.workload, r.algorithm) == (key.device, key.workload, key.algorithm)]
+        anchor = next(r for r in rows if r.variant == r.anchor)
+        ours = _fastest(r for r in rows if _is_ours(r.variant) and r.precision == "fp32")
+        for r in [anchor, *([ours] if ours else []), *(r for r in rows if r.precision != "fp32")]:
+            cells = [r.device, r.workload, r.algorithm, r.variant, r.precision, _state(r),
+                     _fmt(r.min_bytes / r.elements), _fmt(r.median_ms), f"{r.x_anchor:.2f}", _fmt(r.roofline_ms),
+                     _fmt(r.x_roofline), _fmt(r.first_step_s * 1e3)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _state(record: Record) -> str:
+    return "—" if record.state_bytes_per_element is None else f"{record.state_bytes_per_element:.2f}"
 
 
 def _is_ours(variant: str) -> bool:

@@ -118,3 +118,44 @@ def test_groups_fit_the_budget_and_keep_every_variant():
         assert all(group[0] == "v3" and len(group) <= max(size, 2) for group in groups)
         assert sorted(name for group in groups for name in group[1:]) == sorted(set(names) - {"v3"})
         assert max(map(len, groups)) - min(map(len, groups)) <= 1  # spread evenly
+
+
+def _record(variant, precision="fp32", x_anchor=1.0, state=8.0, min_bytes=28):
+    return report.Record(device="cpu", workload="w", algorithm="adamw", variant=variant, median_ms=10 * x_anchor,
+                         min_ms=1, max_ms=100, quartiles_ms=(5, 20), roofline_ms=5, min_bytes=min_bytes * 100,
+                         peak_extra_bytes=0, first_step_s=1, anchor="torch-fused", x_anchor=x_anchor,
+                         x_torch_default=None, x_roofline=2 * x_anchor, steps=3, tensors=1, elements=100,
+                         precision=precision, state_bytes_per_element=state)
+
+
+def test_low_precision_rows_stand_beside_the_anchor_and_stay_out_of_the_fp32_summary():
+    records = [_record("torch-fused"), _record("ours-compiled", x_anchor=0.9),
+               _record("ours-8bit", "8-bit state", x_anchor=0.6, state=2.03, min_bytes=16),
+               _record("torchao-8bit", "8-bit state", x_anchor=0.5, state=2.03, min_bytes=16)]
+    table = report.low_precision_table(records)
+    rows = [line for line in table if line.startswith("| cpu |")]
+    assert [row.split(" | ")[3] for row in rows] == ["torch-fused", "ours-compiled", "ours-8bit", "torchao-8bit"]
+    assert rows[2].split(" | ")[4:9] == ["8-bit state", "2.03", "16.0", "6.00", "0.60"]
+    assert report.low_precision_table(records[:2]) == []  # no such rows, no section
+    machine = dict(cpu="x", logical_cpus=2, torch_threads=2, gpu=None, torch="t", python="p", platform="l",
+                   date="d", load_average=0.0, bandwidth_gb_s={"cpu": 20.0}, bandwidth_samples_gb_s={"cpu": [20.0]})
+    settings = dict(run_s=1, scale="full", steps=3, budget_s=1, warmup=1, torch_default={"cpu": "torch-forloop"},
+                    memory_gb=4.5)
+    summary = report.markdown(records, machine, settings).split("## Summary")[1].split("\n## ")[0]
+    row = next(line for line in summary.splitlines() if line.startswith("| cpu | w | adamw |"))
+    assert "| torch-fused |" in row and "| ours-compiled |" in row  # fp32 against fp32, though torchao is faster
+
+
+def test_state_bytes_count_the_state_tensors_not_the_step():
+    params = [torch.zeros(4096, requires_grad=True), torch.zeros(10, requires_grad=True)]
+    for param in params:
+        param.grad = torch.ones_like(param)
+    optimizer = torch.optim.Adam(params)
+    optimizer.step()
+    assert report.state_bytes(optimizer.step) == 2 * 4 * (4096 + 10)
+    assert report.state_bytes(lambda: None) is None
+    import wrappers
+    quantised = wrappers.AdamW(params, state_precision="8bit")
+    quantised.step()
+    # codes and one scale per 256 elements for the large param; fp32 moments for the small one
+    assert report.state_bytes(quantised.step) == 2 * (4096 + 4 * 16) + 2 * 4 * 10

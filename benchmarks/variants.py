@@ -20,6 +20,7 @@ update over fixed gradients), SparseAdam (sparse gradients) and Muon (2-D params
 is matrix products, not memory traffic).
 """
 
+import importlib.util
 import itertools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -279,6 +280,37 @@ def _reference(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) 
     return step
 
 
+# Low-precision state (issue 13's rows): AdamW only, where torchao has its peers, against torch's
+# fused fp32 AdamW (the anchor). Each variant's least traffic per element sets its own roofline.
+LOW_PRECISION_ROWS = frozenset({"adamw"})
+
+
+def _low_precision(state_precision: str, *, bf16_params: bool = False):
+    def build(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
+        if bf16_params:  # a bf16 model (its params changed in place, as .to() on a module); its grads
+            for param in params:  # are bf16 too: this variant's own copy
+                param.data = param.data.to(torch.bfloat16)
+            grads = [grad.to(torch.bfloat16) for grad in grads]
+        return _with_grads(algorithm.wrapper, params, grads, **algorithm.options, compiled=True,
+                           state_precision=state_precision, stochastic_rounding=bf16_params).step
+    return build
+
+
+def _torchao(bits: int):
+    def build(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor]) -> Stepper:
+        import torchao.optim
+        return _with_grads(getattr(torchao.optim, f"AdamW{bits}bit"), params, grads, **algorithm.options).step
+    return build
+
+
+def _has_low_precision(algorithm: Algorithm, device: torch.device) -> bool:
+    return algorithm.name in LOW_PRECISION_ROWS
+
+
+def _has_torchao(algorithm: Algorithm, device: torch.device) -> bool:
+    return algorithm.name in LOW_PRECISION_ROWS and importlib.util.find_spec("torchao") is not None
+
+
 def _with_grads(optimizer_class: type[Optimizer], params: list[Tensor], grads: list[Tensor],
                 **options: Any) -> Optimizer:
     for param, grad in zip(params, grads):
@@ -321,6 +353,14 @@ class Variant:
     description: str
     build: Callable[[Algorithm, list[Tensor], list[Tensor]], Stepper]
     available: Callable[[Algorithm, torch.device], bool]
+    precision: str = "fp32"  # of the params and the state; another is a low-precision row
+    bytes_per_element: int | None = None  # the least traffic of its step; None: the algorithm's
+
+    def min_bytes(self, algorithm: Algorithm, shapes: Collection[tuple[int, ...]], element_size: int) -> int:
+        """Bytes one step of this variant must move at least over params of ``shapes``."""
+        if self.bytes_per_element is None:
+            return algorithm.min_bytes(shapes, element_size)
+        return self.bytes_per_element * sum(prod(shape) for shape in shapes)
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -338,6 +378,19 @@ VARIANTS: tuple[Variant, ...] = (
             _our_wrapper(flat=True), _elementwise),
     Variant("ours-compiled", "our wrappers class with flat=True, compiled=True (the torch.compile'd rule)",
             _our_wrapper(flat=True, compiled=True), _elementwise),
+    # Low-precision rows: bytes per element of the least traffic, with fp32 params and grads (4 each;
+    # the param read and written) unless said: moments in bf16 2 each, read and written; 8-bit
+    # codes 1 each (the scales, 4 bytes per 256 elements, round away); 4-bit codes half a byte.
+    Variant("ours-bf16", "our wrappers class, compiled=True, state_precision='bf16' (moments in bf16, "
+            "stochastically rounded)", _low_precision("bf16"), _has_low_precision, "bf16 state", 20),
+    Variant("ours-8bit", "our wrappers class, compiled=True, state_precision='8bit' (blockwise e4m3 codes)",
+            _low_precision("8bit"), _has_low_precision, "8-bit state", 16),
+    Variant("ours-8bit-bf16-params", "our wrappers class, compiled=True, state_precision='8bit', bf16 params "
+            "and grads, stochastic_rounding=True", _low_precision("8bit", bf16_params=True), _has_low_precision,
+            "bf16 params, 8-bit state", 10),
+    Variant("torchao-8bit", "torchao.optim.AdamW8bit (torchao 0.18: blockwise dynamic-map codes)", _torchao(8),
+            _has_torchao, "8-bit state", 16),
+    Variant("torchao-4bit", "torchao.optim.AdamW4bit", _torchao(4), _has_torchao, "4-bit state", 14),
 )
 
 
@@ -354,17 +407,18 @@ def available_variants(algorithm: Algorithm, device: torch.device) -> list[Varia
     return [variant for variant in VARIANTS if variant.available(algorithm, device)]
 
 
-def build_steppers(algorithm: Algorithm, params: list[Tensor], grads: list[Tensor], device: torch.device,
-                   names: Collection[str] | None = None) -> dict[str, Stepper]:
-    """The variants available on ``device`` (those in ``names``, if given), each stepping its own clones
-    of ``params``.
+def build_steppers(algorithm: Algorithm, params: list[Tensor] | Callable[[], list[Tensor]], grads: list[Tensor],
+                   device: torch.device, names: Collection[str] | None = None) -> dict[str, Stepper]:
+    """The variants available on ``device`` (those in ``names``, if given), each stepping its own
+    params: clones of ``params``, or, where ``params`` is a function, what it returns (the same
+    values each time: the report makes them anew, so that no master copy stays in memory).
 
     They share ``grads``: no variant writes a grad (an optimizer only reads them; flat mode copies
     them into its own buffer), and a second copy per variant would cost a model's worth of memory
     each (``benchmarks/test_variants.py`` checks that the grads come through unchanged).
     """
     return {
-        variant.name: variant.build(algorithm, _clones(params), grads)
+        variant.name: variant.build(algorithm, params() if callable(params) else _clones(params), grads)
         for variant in available_variants(algorithm, device)
         if names is None or variant.name in names
     }
