@@ -31,6 +31,11 @@ same initial weights, on the same batches, with the same dropout draws:
   fused mode does from its for-loop:
 - ``torch-fused``: torch's ``fused=True`` where it has a CPU kernel (Adam, AdamW, SGD, Adagrad), the
   yardstick for that spread.
+- ``ours-bf16``, ``ours-8bit``: low-precision moments (``state_precision``; Adam, AdamW, RAdam),
+  default mode otherwise. Another update, so their final losses say how much quality the
+  precision costs (the target: within 1 % of fp32's). 8-bit applies to params of 4,096 elements
+  and more: the MLP's first layer; the CNN's second convolution and first linear layer; the
+  language model's embedding, output and feed-forward weights.
 
 The first compiled run compiles (about 15 s on a fresh machine, then a second or two per rule).
 
@@ -66,6 +71,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from wrappers import registry
+from wrappers.adam import LowPrecisionMoments
 
 from .tasks import TASKS, CharLM, Task
 
@@ -175,6 +181,15 @@ def _ours_flat(algorithm: Algorithm) -> Builder | None:
     return lambda params, lr: algorithm.wrapper(params, lr=lr, **algorithm.options, flat=True)
 
 
+def _ours_low_precision(state_precision: str) -> Callable[[Algorithm], Builder | None]:
+    def builder(algorithm: Algorithm) -> Builder | None:
+        if not issubclass(algorithm.wrapper, LowPrecisionMoments):
+            return None  # no such option
+        return lambda params, lr: algorithm.wrapper(params, lr=lr, **algorithm.options,
+                                                    state_precision=state_precision)
+    return builder
+
+
 def _ours_fast(algorithm: Algorithm) -> Builder | None:
     if not algorithm.wrapper.elementwise:
         return None  # no faster mode than the default
@@ -198,6 +213,10 @@ VARIANTS: dict[str, Variant] = {variant.name: variant for variant in (
             "group", _ours_flat),
     Variant("ours-fast", "our wrapper, flat=True, compiled=True (elementwise algorithms only): one compiled "
             "pass", _ours_fast),
+    Variant("ours-bf16", "our wrapper, state_precision='bf16' (moments in bfloat16, stochastically rounded; "
+            "Adam, AdamW, RAdam)", _ours_low_precision("bf16")),
+    Variant("ours-8bit", "our wrapper, state_precision='8bit' (moments of params of 4,096 elements and more as "
+            "blockwise 8-bit codes; Adam, AdamW, RAdam)", _ours_low_precision("8bit")),
     Variant("torch-fused", "the torch.optim class, fused=True, where torch has a fused CPU kernel: a yardstick, "
             "how far another rounding of the same update moves the curves", _torch_fused),
 )}
@@ -399,7 +418,8 @@ def markdown(runs: Sequence[Run], tasks: Sequence[Task], machine: dict[str, Any]
 
 def plot(runs: Sequence[Run], tasks: Sequence[Task], path: Path) -> None:
     """One panel per task and metric: each algorithm one colour, each variant one line style (not
-    ours-flat, whose curves are ours', bit for bit, as the table says)."""
+    ours-flat, whose curves are ours', bit for bit, as the table says, nor ours-bf16, which the
+    table gives: a panel has lines enough)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -409,7 +429,8 @@ def plot(runs: Sequence[Run], tasks: Sequence[Task], path: Path) -> None:
     algorithms = list(dict.fromkeys(run.algorithm for run in runs))
     colours = {name: f"C{i}" if len(algorithms) <= 10 else _tab20(i) for i, name in enumerate(algorithms)}
     styles = {"torch": dict(linestyle="-", linewidth=3, alpha=0.35), "ours": dict(linestyle="--", linewidth=1.2),
-              "ours-fast": dict(linestyle=":", linewidth=1.5), "torch-fused": dict(linestyle="-.", linewidth=0.8)}
+              "ours-fast": dict(linestyle=":", linewidth=1.5), "torch-fused": dict(linestyle="-.", linewidth=0.8),
+              "ours-8bit": dict(linestyle=(0, (1, 3)), linewidth=1.2)}
     columns = 3
     rows = math.ceil((len(panels) + 1) / columns)
     figure = Figure(figsize=(5 * columns, 3.6 * rows), layout="constrained")

@@ -112,7 +112,8 @@ def test_the_command_writes_table_plot_and_json(tmp_path, capsys):
     # Muon: neither a fast mode (not elementwise) nor a fused one in torch
     assert {(run.task, run.algorithm, run.variant) for run in runs} == {
         (task, algorithm, variant) for task in TASKS for algorithm, variants in (
-            ("adam", ("torch", "ours", "ours-flat", "ours-fast", "torch-fused")), ("muon", ("torch", "ours")))
+            ("adam", ("torch", "ours", "ours-flat", "ours-fast", "ours-bf16", "ours-8bit", "torch-fused")),
+            ("muon", ("torch", "ours")))
         for variant in variants}
     progress = capsys.readouterr().err.splitlines()
     assert len(progress) == len(TASKS) * 2 * len(VARIANTS) and "charlm muon ours-fast: none" in "\n".join(progress)
@@ -129,4 +130,4 @@ def test_the_command_writes_table_plot_and_json(tmp_path, capsys):
     adam, muon = (next(line for line in summary.splitlines() if line.startswith(f"| {name} |")) for name in ("adam", "muon"))
     assert adam.split(" | ")[5:7] == ["bit for bit", "bit for bit"]  # ours and ours-flat vs torch, every task
     assert muon.rstrip(" |").endswith("bit for bit")  # the fast and fused columns empty
-    assert table.count("| charlm | adam |") == 5
+    assert table.count("| charlm | adam |") == 7
