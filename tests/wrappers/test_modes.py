@@ -63,6 +63,22 @@ def test_compiled_rules_never_recompile_over_a_cosine_schedule(name, flat):
     assert _graphs() == graphs, f"{_graphs() - graphs} graphs compiled after step 10"
 
 
+@pytest.mark.parametrize("state_precision", ["bf16", "8bit"])
+def test_low_precision_rules_never_recompile_over_a_cosine_schedule(state_precision):
+    # quantised (4,096 elements and more) and full-precision moments: both branches
+    params = _params([(64, 128), (20,), (7, 3)])
+    optimizer = wrappers.AdamW(params, lr=1e-3, compiled=True, state_precision=state_precision)
+    schedule = lr_scheduler.CosineAnnealingLR(optimizer, T_max=50)
+    for _ in range(2):
+        optimizer.step()
+        schedule.step()
+    graphs = _graphs()
+    for _ in range(30):
+        optimizer.step()
+        schedule.step()
+    assert _graphs() == graphs, f"{_graphs() - graphs} graphs compiled after step 2"
+
+
 def test_adam_compiles_once_whatever_the_shapes_and_hyperparameters():
     before = _graphs()
     optimizer = wrappers.Adam(_params([(30, 20), (20,), (), (7, 3)]), lr=1e-3, flat=True, compiled=True)
