@@ -68,8 +68,9 @@ DEFAULT_WORKLOADS = tuple(WORKLOADS)
 SCALE_DEFAULTS = {"full": (20, 3.0), "small": (10, 0.5)}  # (most timed rounds, seconds of timing per row)
 MIN_STEPS = 3  # timed rounds at least, whatever the budget
 # Seconds one algorithm takes on each workload at full scale on the 2-core reference machine, for
-# the first line's estimate: the default run of 2026-12-02 (57 min, with other jobs running).
-SECONDS_PER_ROW = {"gpt2": 107, "resnet50": 34, "many-small": 8, "few-large": 39}
+# the first line's estimate: the default run of 2026-12-02 09:09 UTC (32 min, quiet; the same run
+# took 57 min with other jobs on the machine that morning).
+SECONDS_PER_ROW = {"gpt2": 46, "resnet50": 24, "many-small": 10, "few-large": 27}
 VARIANT_BY_NAME = {variant.name: variant for variant in VARIANTS}
 DEFAULT_MEMORY_GB = 4.5  # with the process's own ~1 GB, the run fits a machine with 8 GB
 
@@ -217,8 +218,11 @@ def _measure_group(algorithm: Algorithm, params: Callable[[], list[torch.Tensor]
     locals hold, are gone when it returns.
     """
     steppers = build_steppers(algorithm, params, grads, device, names=group)
-    # one variant at a time, each with dynamo's caches cleared: no variant's compile lands on another
-    firsts = {name: time_first_step(step, device) for name, step in steppers.items()}
+    # one variant at a time, each with dynamo's caches cleared: no variant's compile lands on another;
+    # the anchor's last: the others' first steps (flat mode copies the params into its buffer, a
+    # model's worth held twice for a moment) then run before the anchor holds its state
+    order = [name for name in group if name != group[0]] + [group[0]]
+    firsts = {name: time_first_step(steppers[name], device) for name in order}
     say("first step: " + "  ".join(f"{name} {seconds * 1e3:.1f}" for name, seconds in firsts.items()) + " ms")
     if algorithm.settle_steps:
         say(f"{algorithm.settle_steps} untimed steps per variant first, to its steady update")
@@ -337,7 +341,7 @@ def plan(args: argparse.Namespace) -> str:
               if args.memory_bytes else "every variant of an algorithm in memory at once (no limit)")
     return (f"timing {len(args.algorithms)} algorithms x {len(args.workloads)} workloads "
             f"({', '.join(args.workloads)}) on {', '.join(args.devices)}, scale {args.scale}: {rows} rows, "
-            f"{duration} on a busy 2-core machine; {memory}")
+            f"{duration} on a quiet 2-core machine (up to twice that on a busy one); {memory}")
 
 
 def _available_devices() -> tuple[str, ...]:
