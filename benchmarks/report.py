@@ -14,14 +14,15 @@ slow workloads do not stretch the run; ``--steps`` and ``--budget`` change that.
 The roofline is the time one step needs to move the algorithm's minimum bytes at the memory
 bandwidth, sampled at the start and after each workload; the best sample counts.
 
-The default run (18 algorithms, 4 workloads) took 57 min on the 2-core reference machine with
-other jobs running, and 7.1 GB of resident memory at its peak; its first line says what it will
-time and about how long. It holds at most ``--memory-gb`` (4.5
-GB) of tensors at once, which with the process's own ~1 GB fits a machine with 8 GB: on GPT-2
-the params and the grads take 0.5 GB each, and each variant its own params and state (Adam on
-the CPU: 7 variants, up to 2 GB each), so there the variants run in pairs, the anchor (torch's
-fastest mode) and one other (see :func:`benchmark`). ``--memory-gb 0`` runs all of an
-algorithm's variants together (16 GB for GPT-2).
+The default run (18 algorithms, 4 workloads) took 32 min on the quiet 2-core reference machine
+(2026-12-02; 57 min with other jobs running) and 5.3 GB of resident memory at its peak (GPT-2's
+rows, ``/usr/bin/time -v``); its first line says what it will time and about how long. It holds
+at most ``--memory-gb`` (4.5 GB) of tensors at once, which with the process's own ~1 GB fits a
+machine with 8 GB: on GPT-2 the grads take 0.5 GB, and each variant its own params (drawn anew
+for each: no master copy is kept) and state (Adam on the CPU: 7 variants, up to 2 GB each), so
+there the variants run in pairs, the anchor (torch's fastest mode) and one other (see
+:func:`benchmark`). ``--memory-gb 0`` runs all of an algorithm's variants together (16 GB for
+GPT-2).
 
 Writes to ``--out`` (default ``benchmarks/results``): ``results.md`` (machine; a summary with one
 row per algorithm and workload: the best of torch (where torch lacks the algorithm, its reference) against
