@@ -1,5 +1,7 @@
 """Adam and AMSGrad."""
 
+import ctypes
+
 import torch
 from torch import Tensor
 
@@ -7,8 +9,9 @@ from ._compiled import lerp_, run_compiled
 from ._math import bias_correction, grouped, prepared_grads, rsqrt, scale_, temporaries
 from ._validation import (UnsupportedOptionError, check_beta, check_eps, check_finite, check_flag, check_lr,
                           check_nonnegative, check_tensor_lists, optional_list, step_values)
+from ._native import AdamOptions, library, threads
 from .quantization import (STREAMS, as_rows, check_low_precision_state, check_state_precision, in_rows,
-                           load_state, quantized, store_param, store_state)
+                           load_state, quantized, random_key, store_param, store_state)
 
 
 def adam_update(
@@ -193,6 +196,8 @@ def low_precision_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
                        step=t if isinstance(t, Tensor) else float(t),
                        grad_decay=weight_decay or None, param_factor=param_scale, negate=maximize,
                        stochastic_rounding=stochastic_rounding)
+        if compiled and not torch.compiler.is_compiling():
+            lists = native_low_precision_steps(lists, **scalars)
         if compiled or torch.compiler.is_compiling():
             run_compiled(adam_low_precision_rule, lists, **scalars)
             continue
@@ -205,14 +210,19 @@ def low_precision_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
 
 def adam_low_precision_rule(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, *, beta1, beta2,
                             eps, step_size, rsqrt_bias_correction2, seed, step, grad_decay=None,
-                            param_factor=None, negate=False, stochastic_rounding=False, momentum_only=False) -> None:
+                            param_factor=None, negate=False, stochastic_rounding=False, momentum_only=False,
+                            belief=False, grad_step_size=None) -> None:
     """:func:`adam_rule` in float32 registers over low-precision storage: the moments are read
     (codes dequantised, bf16 upcast), updated, written back in their precision (requantised,
     stochastically rounded), and the param updated in float32 and written back (bf16:
     stochastically rounded when asked). torch.optim's preparation of the grad and param
     (``negate``, coupled ``grad_decay``, decoupled ``param_factor``) runs here too, in float32,
     so a bf16 param's decay is not rounded away. Scalars are 0-d tensors, as compiled.
-    ``momentum_only``: RAdam's unrectified steps, :math:`\\theta \\leftarrow \\theta - s\\, m_t`."""
+    ``momentum_only``: RAdam's unrectified steps, :math:`\\theta \\leftarrow \\theta - s\\, m_t`;
+    ``step_size=None``: no update of the param beyond ``param_factor`` (AdaBelief's early steps
+    without ``degenerated_to_sgd``). ``belief``: the second moment is AdaBelief's,
+    :math:`s_t = \\beta_2 s_{t-1} + (1-\\beta_2)(g_t-m_t)^2 + \\epsilon`. ``grad_step_size``:
+    NAdam's step, :math:`\\theta \\leftarrow \\theta - (c_g\\, g_t + s\\, m_t)/d_t`."""
     rows = as_rows([param, grad, exp_avg, exp_avg_sq], exp_avg_scale if quantized(exp_avg) else None)
     if quantized(exp_avg_sq) and rows[0] is not param and not in_rows(rows[3], exp_avg_sq_scale):
         rows = [param, grad, exp_avg, exp_avg_sq]
@@ -230,16 +240,23 @@ def adam_low_precision_rule(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp
     m = load_state(exp_avg, exp_avg_scale, signed=True)
     v = load_state(exp_avg_sq, exp_avg_sq_scale, signed=False)
     m = m + (g - m) * (1 - beta1)                                    # m_t
-    v = v * beta2 + g * (g * (1 - beta2))                            # v_t
+    if belief:                                                       # s_t (AdaBelief)
+        v = v * beta2 + (g - m) * ((g - m) * (1 - beta2)) + eps
+    else:
+        v = v * beta2 + g * (g * (1 - beta2))                        # v_t
     if param_rows is not param:
         # the param's update in its own (flat) shape, reading m and v through views: compiled, a
         # write of block-shaped values into the flat param would be a buffer and a copy pass
         p = param.float() if param_factor is None else param.float() * param_factor
-        m_param, v_param = m.view(param.shape), v.view(param.shape)
+        m_param, v_param, g_param = m.view(param.shape), v.view(param.shape), g.view(param.shape)
     else:
-        m_param, v_param = m, v
-    if momentum_only:  # RAdam before its rectification starts: an SGD-with-momentum step
+        m_param, v_param, g_param = m, v, g
+    if step_size is None:  # AdaBelief's rectified steps before N_sma >= 5, without degenerated_to_sgd
+        pass
+    elif momentum_only:  # RAdam's and AdaBelief's steps before rectification: SGD with momentum
         p = p - m_param * step_size
+    elif grad_step_size is not None:  # NAdam
+        p = p - (g_param * grad_step_size + m_param * step_size) / (v_param.sqrt() * rsqrt_bias_correction2 + eps)
     else:
         p = p - m_param / (v_param.sqrt() * rsqrt_bias_correction2 + eps) * step_size
     # the param first: compiled, its pass then reads the old codes, before they are rewritten
@@ -256,3 +273,57 @@ def adam_low_precision_rule(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp
 # block's absmax of the new moments; then the param and both codes), the bf16 rule one (torch 2.13).
 adam_low_precision_rule.inductor_options = {"realize_cpu_opcount_threshold": 4096,
                                             "realize_cpu_acc_reads_threshold": 64, "realize_reads_threshold": 64}
+
+
+_NATIVE_STORAGE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.uint8: "codes"}
+_NATIVE_UPDATES = {"adaptive": 0, "momentum_only": 1, "none": 2}
+_PARALLEL_NUMEL = 1 << 16  # smaller tensors run on one thread: waking the others costs more
+
+
+def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bias_correction2, seed, step,
+                               grad_decay=None, param_factor=None, negate=False, stochastic_rounding=False,
+                               momentum_only=False, belief=False, grad_step_size=None) -> list[list]:
+    """:func:`adam_low_precision_rule` through the native CPU kernel (``native/adam_low_precision.cpp``,
+    see ``optkernels._native``) for each position of the parallel lists it takes: contiguous
+    CPU tensors, float32 or bf16 params with grads of their dtype, moments float32, bf16 or
+    codes. Returns the lists of the positions it left (all of them where the kernel cannot be
+    built), for the compiled rule."""
+    params = lists[0]
+    lib = library("adam_low_precision") if params and params[0].device.type == "cpu" else None
+    if lib is None:
+        return lists
+    t = int(step.item() if isinstance(step, Tensor) else step)
+    options = AdamOptions(
+        one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2, eps=eps,
+        step_size=0.0 if step_size is None else step_size,
+        grad_step_size=0.0 if grad_step_size is None else grad_step_size,
+        rsqrt_bias_correction2=rsqrt_bias_correction2,
+        grad_decay=grad_decay or 0.0, param_factor=1.0 if param_factor is None else param_factor,
+        negate=negate, decays_grad=grad_decay is not None, scales_param=param_factor is not None,
+        stochastic_rounding=stochastic_rounding,
+        update=_NATIVE_UPDATES["none" if step_size is None else "momentum_only" if momentum_only else "adaptive"],
+        belief=belief, nesterov=grad_step_size is not None,
+        key_exp_avg=random_key(seed, t, STREAMS["exp_avg"]), key_exp_avg_sq=random_key(seed, t, STREAMS["exp_avg_sq"]),
+        key_param=random_key(seed, t, STREAMS["param"]))
+    left = [[] for _ in lists]
+    for tensors in zip(*lists):
+        param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale = tensors
+        kind = _NATIVE_STORAGE.get(exp_avg.dtype)
+        if not (param.dtype in (torch.float32, torch.bfloat16) and grad.dtype == param.dtype and kind
+                and exp_avg_sq.dtype == exp_avg.dtype and not grad.is_sparse
+                and all(type(x) in (Tensor, torch.nn.Parameter) and x.is_contiguous()
+                        for x in (param, grad, exp_avg, exp_avg_sq))):
+            for column, tensor in zip(left, tensors):
+                column.append(tensor)
+            continue
+        options.threads = threads() if param.numel() >= _PARALLEL_NUMEL else 1
+        scales = (exp_avg_scale.data_ptr(), exp_avg_sq_scale.data_ptr()) if kind == "codes" else (None, None)
+        getattr(lib, f"adam_{_NATIVE_STORAGE[param.dtype]}_{kind}")(
+            ctypes.c_void_p(param.data_ptr()), ctypes.c_void_p(grad.data_ptr()),
+            ctypes.c_void_p(exp_avg.data_ptr()), ctypes.c_void_p(exp_avg_sq.data_ptr()),
+            ctypes.c_void_p(scales[0]), ctypes.c_void_p(scales[1]), ctypes.c_int64(param.numel()),
+            ctypes.byref(options))
+        # written outside torch: autograd's in-place checks must still see the change
+        for written in (param, exp_avg, exp_avg_sq, *((exp_avg_scale, exp_avg_sq_scale) if kind == "codes" else ())):
+            torch.autograd.graph.increment_version(written)
+    return left

@@ -173,6 +173,12 @@ def _to_int32(value: Tensor | int) -> Tensor | int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
+def random_key(seed: int, step: int, stream: int) -> int:
+    """The per-call key of :func:`random_bits` ``(seed, step, stream)``, an integer in [0, 2**32)
+    (the native kernels take it as it is)."""
+    return (_as_int(seed) * _MIX[0] + (_as_int(step) * _MIX[1] & _MASK32) + stream * _MIX[2]) & _MASK32
+
+
 def random_bits(numel: int, *, seed, step, stream: int, device: torch.device | str = "cpu") -> Tensor:
     """``numel`` pseudo-random int32 values in ``[0, 2**16)``, a hash of ``(seed, step, stream,
     element index)`` (integer tensor ops: the same bits in eager and compiled code, on any
@@ -181,7 +187,7 @@ def random_bits(numel: int, *, seed, step, stream: int, device: torch.device | s
     The hash is arithmetic modulo 2**32 (a murmur-style finaliser). Per element it runs in int32,
     which inductor vectorizes: multiplies wrap, and a logical right shift is an arithmetic one
     masked to the bits it keeps; the per-call key is computed on scalars in int64."""
-    key = _to_int32((_as_int(seed) * _MIX[0] + (_as_int(step) * _MIX[1] & _MASK32) + stream * _MIX[2]) & _MASK32)
+    key = _to_int32(random_key(seed, step, stream))
     if numel > 1 << 31:  # indices past int32: their product with the multiplier, modulo 2**32, in int64
         index = _to_int32(torch.arange(numel, device=device, dtype=torch.int64) * _MIX[3] & _MASK32)
         h = index + key
