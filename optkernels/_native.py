@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 SOURCES = Path(__file__).parent / "native"
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
+FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
          # no fused multiply-adds (the rule's float32 rounding, as inductor compiles it); no errno
          # and no floating-point traps (neither changes a result), so that the loops vectorize
          "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
 DISABLE = "OPTKERNELS_DISABLE_NATIVE"
-"""Set this environment variable (to anything but ``0`` or empty) to never build or use the
-native kernels: ``compiled=True`` then runs the ``torch.compile`` rules everywhere."""
+"""Set this environment variable (to anything but ``0`` or empty) to build and use no native
+kernel: ``compiled=True`` then runs the ``torch.compile`` rules everywhere."""
 
 
 class AdamOptions(ctypes.Structure):
@@ -43,8 +43,8 @@ class AdamOptions(ctypes.Structure):
     _fields_ = [(name, ctypes.c_float) for name in (
         "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "step_size", "grad_step_size",
         "rsqrt_bias_correction2", "grad_decay", "param_factor")] + [(name, ctypes.c_int32) for name in (
-            "negate", "decays_grad", "scales_param", "stochastic_rounding", "update", "belief", "nesterov",
-            "threads")] + [(name, ctypes.c_uint32) for name in ("key_exp_avg", "key_exp_avg_sq", "key_param")]
+            "negate", "decays_grad", "threads")] + [(name, ctypes.c_uint32) for name in (
+                "key_exp_avg", "key_exp_avg_sq", "key_param")]
 
 
 def _compiler() -> str | None:
@@ -54,7 +54,7 @@ def _compiler() -> str | None:
     return None
 
 
-def _fingerprint(compiler: str, source: bytes) -> str:
+def _fingerprint(compiler: str, source: bytes, flags: tuple[str, ...]) -> str:
     """What the built library depends on: the source, the flags, the compiler and the CPU
     (``-march=native``)."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
@@ -63,7 +63,7 @@ def _fingerprint(compiler: str, source: bytes) -> str:
         with open("/proc/cpuinfo") as cpuinfo:
             cpu = next((line for line in cpuinfo if line.startswith("flags")), "")
     digest = hashlib.sha256()
-    for part in (source, " ".join(FLAGS).encode(), compiler.encode(), version.encode(), cpu.encode(),
+    for part in (source, " ".join(flags).encode(), compiler.encode(), version.encode(), cpu.encode(),
                  platform.machine().encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -76,23 +76,32 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optkernels"
 
 
+def library(name: str, **macros: int) -> ctypes.CDLL | None:
+    """``native/<name>.cpp`` built with ``macros`` defined (``-DNAME=value``: the variant) and
+    loaded, or ``None``: where :data:`DISABLE` is set (read at each call), or (after one warning)
+    where it cannot be built or loaded."""
+    if os.environ.get(DISABLE, "0") not in ("", "0"):
+        return None
+    return _library(name, tuple(sorted(macros.items())))
+
+
 @functools.cache
-def library(name: str) -> ctypes.CDLL | None:
-    """``native/<name>.cpp`` built and loaded, or ``None`` (after one warning) where it cannot be."""
-    if os.environ.get(DISABLE, "0") not in ("", "0") or platform.system() != "Linux":
+def _library(name: str, macros: tuple[tuple[str, int], ...]) -> ctypes.CDLL | None:
+    if platform.system() != "Linux":
         return None
     try:
         compiler = _compiler()
         if compiler is None:
             raise RuntimeError("no C++ compiler found (set CXX)")
         source = (SOURCES / f"{name}.cpp").read_bytes()
-        target = _cache_dir() / f"{name}-{_fingerprint(compiler, source)}.so"
+        flags = (*FLAGS, *(f"-D{macro}={int(value)}" for macro, value in macros))
+        target = _cache_dir() / f"{name}-{_fingerprint(compiler, source, flags)}.so"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             # built beside the target and renamed: processes building at once never load half a file
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
                 built = Path(scratch) / target.name
-                result = subprocess.run([compiler, *FLAGS, str(SOURCES / f"{name}.cpp"), "-o", str(built)],
+                result = subprocess.run([compiler, *flags, str(SOURCES / f"{name}.cpp"), "-o", str(built)],
                                         capture_output=True, text=True, check=False)
                 if result.returncode != 0:
                     raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")

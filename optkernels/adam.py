@@ -275,8 +275,7 @@ adam_low_precision_rule.inductor_options = {"realize_cpu_opcount_threshold": 409
                                             "realize_cpu_acc_reads_threshold": 64, "realize_reads_threshold": 64}
 
 
-_NATIVE_STORAGE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.uint8: "codes"}
-_NATIVE_UPDATES = {"adaptive": 0, "momentum_only": 1, "none": 2}
+_NATIVE_STATES = {torch.float32: 0, torch.bfloat16: 1, torch.uint8: 2}  # STATE_STORAGE of the C++ source
 _PARALLEL_NUMEL = 1 << 16  # smaller tensors run on one thread: waking the others costs more
 
 
@@ -288,42 +287,42 @@ def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bia
     CPU tensors, float32 or bf16 params with grads of their dtype, moments float32, bf16 or
     codes. Returns the lists of the positions it left (all of them where the kernel cannot be
     built), for the compiled rule."""
-    params = lists[0]
-    lib = library("adam_low_precision") if params and params[0].device.type == "cpu" else None
-    if lib is None:
+    if not lists[0] or lists[0][0].device.type != "cpu":
         return lists
     t = int(step.item() if isinstance(step, Tensor) else step)
+    update = 3 if step_size is None else 2 if momentum_only else 1 if grad_step_size is not None else 0
     options = AdamOptions(
         one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2, eps=eps,
         step_size=0.0 if step_size is None else step_size,
         grad_step_size=0.0 if grad_step_size is None else grad_step_size,
-        rsqrt_bias_correction2=rsqrt_bias_correction2,
-        grad_decay=grad_decay or 0.0, param_factor=1.0 if param_factor is None else param_factor,
-        negate=negate, decays_grad=grad_decay is not None, scales_param=param_factor is not None,
-        stochastic_rounding=stochastic_rounding,
-        update=_NATIVE_UPDATES["none" if step_size is None else "momentum_only" if momentum_only else "adaptive"],
-        belief=belief, nesterov=grad_step_size is not None,
-        key_exp_avg=random_key(seed, t, STREAMS["exp_avg"]), key_exp_avg_sq=random_key(seed, t, STREAMS["exp_avg_sq"]),
-        key_param=random_key(seed, t, STREAMS["param"]))
+        rsqrt_bias_correction2=rsqrt_bias_correction2, grad_decay=grad_decay or 0.0,
+        param_factor=1.0 if param_factor is None else param_factor,  # times 1: exact
+        negate=negate, decays_grad=grad_decay is not None,
+        key_exp_avg=random_key(seed, t, STREAMS["exp_avg"]),
+        key_exp_avg_sq=random_key(seed, t, STREAMS["exp_avg_sq"]), key_param=random_key(seed, t, STREAMS["param"]))
     left = [[] for _ in lists]
     for tensors in zip(*lists):
         param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale = tensors
-        kind = _NATIVE_STORAGE.get(exp_avg.dtype)
-        if not (param.dtype in (torch.float32, torch.bfloat16) and grad.dtype == param.dtype and kind
-                and exp_avg_sq.dtype == exp_avg.dtype and not grad.is_sparse
+        lib = None
+        if (param.dtype in (torch.float32, torch.bfloat16) and grad.dtype == param.dtype
+                and exp_avg.dtype in _NATIVE_STATES and exp_avg_sq.dtype == exp_avg.dtype and not grad.is_sparse
                 and all(type(x) in (Tensor, torch.nn.Parameter) and x.is_contiguous()
                         for x in (param, grad, exp_avg, exp_avg_sq))):
+            lib = library("adam_low_precision", UPDATE=update, SECOND_MOMENT=int(belief),
+                          STATE_STORAGE=_NATIVE_STATES[exp_avg.dtype],
+                          PARAM_STORAGE=0 if param.dtype == torch.float32 else 1 + stochastic_rounding)
+        if lib is None:
             for column, tensor in zip(left, tensors):
                 column.append(tensor)
             continue
         options.threads = threads() if param.numel() >= _PARALLEL_NUMEL else 1
-        scales = (exp_avg_scale.data_ptr(), exp_avg_sq_scale.data_ptr()) if kind == "codes" else (None, None)
-        getattr(lib, f"adam_{_NATIVE_STORAGE[param.dtype]}_{kind}")(
-            ctypes.c_void_p(param.data_ptr()), ctypes.c_void_p(grad.data_ptr()),
-            ctypes.c_void_p(exp_avg.data_ptr()), ctypes.c_void_p(exp_avg_sq.data_ptr()),
-            ctypes.c_void_p(scales[0]), ctypes.c_void_p(scales[1]), ctypes.c_int64(param.numel()),
-            ctypes.byref(options))
+        codes = quantized(exp_avg)
+        lib.adam_step(ctypes.c_void_p(param.data_ptr()), ctypes.c_void_p(grad.data_ptr()),
+                      ctypes.c_void_p(exp_avg.data_ptr()), ctypes.c_void_p(exp_avg_sq.data_ptr()),
+                      ctypes.c_void_p(exp_avg_scale.data_ptr() if codes else None),
+                      ctypes.c_void_p(exp_avg_sq_scale.data_ptr() if codes else None),
+                      ctypes.c_int64(param.numel()), ctypes.byref(options))
         # written outside torch: autograd's in-place checks must still see the change
-        for written in (param, exp_avg, exp_avg_sq, *((exp_avg_scale, exp_avg_sq_scale) if kind == "codes" else ())):
+        for written in (param, exp_avg, exp_avg_sq, *((exp_avg_scale, exp_avg_sq_scale) if codes else ())):
             torch.autograd.graph.increment_version(written)
     return left

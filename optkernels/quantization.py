@@ -98,7 +98,8 @@ def _quantize_rows(rows: Tensor, *, signed: bool) -> tuple[Tensor, Tensor]:
     scales = absmax / FP8_MAX
     # a block of zeros divides by 1 (its codes are 0 whatever the divisor), keeping scale 0
     divisor = torch.where(absmax > 0, scales, torch.ones_like(scales))
-    scaled = (rows / divisor.unsqueeze(1)).clamp(-FP8_MAX, FP8_MAX)
+    # times the block's reciprocal: a multiply per element costs less than a divide
+    scaled = (rows * (1 / divisor).unsqueeze(1)).clamp(-FP8_MAX, FP8_MAX)
     # the fp8 cast: inductor vectorizes it (all but its byte-wide reinterpret). An encoder in bit
     # operations on the float32 pattern was slower compiled (torch 2.13: float32/int32 bit casts of
     # computed values are scalar loops), one in float32 arithmetic too (48 against 36 ms on 4M
@@ -107,7 +108,7 @@ def _quantize_rows(rows: Tensor, *, signed: bool) -> tuple[Tensor, Tensor]:
 
 
 def e4m3_decode(codes: Tensor) -> Tensor:
-    """``codes.view(torch.float8_e4m3fn).float()`` for uint8 e4m3 codes other than the two NaNs,
+    r"""``codes.view(torch.float8_e4m3fn).float()`` for uint8 e4m3 codes other than the two NaNs,
     without an fp8 dtype or a bit cast (both scalar loops in inductor's C++ code): a code of
     exponent field :math:`e` and mantissa :math:`m` is :math:`(m + 8[e > 0]) \cdot
     2^{\max(e, 1) - 10}`, products of small integers and powers of two, exact; ``0x80`` is

@@ -234,7 +234,7 @@ def quantize_blockwise_reference(x: Tensor, *, signed: bool = True, block_size: 
     """``optkernels.quantization.quantize_blockwise`` one element at a time: per block of
     ``block_size`` elements (row-major) the float32 scale ``absmax / 448`` of ``x`` (or of
     ``sqrt(x)`` when not ``signed``), then each element's byte is the nearest e4m3 value to
-    ``y / scale`` (float32 division), ties to the even byte, found by searching the table."""
+    ``y * (1 / scale)`` (float32), ties to the even byte, found by searching the table."""
     table = sorted(_e4m3_table())  # by value; the two zeros (+0 and -0) sit side by side
     values_only = [value for value, _ in table]
     flat = x.detach().reshape(-1).float()
@@ -246,7 +246,8 @@ def quantize_blockwise_reference(x: Tensor, *, signed: bool = True, block_size: 
         scale = torch.tensor(absmax, dtype=torch.float32) / 448
         scales.append(scale.item())
         for value in values:
-            y = (value / (scale if absmax > 0 else 1.0)).item()  # a block of zeros keeps its signs
+            # times the float32 reciprocal of the scale; a block of zeros keeps its signs
+            y = (value * (1 / (scale if absmax > 0 else torch.tensor(1.0)))).item()
             if abs(y) <= 2.0**-10:  # rounds to a zero (a tie goes to the even code): the one of y's sign
                 codes.append(0x80 if math.copysign(1.0, y) < 0 else 0x00)
                 continue

@@ -11,11 +11,26 @@
 // A tensor is read in blocks of 256 elements (the quantiser's blocks): each block's new moments
 // stay in a stack buffer until its absmax is known, then are encoded, so the codes are read and
 // written once. Blocks are shared among threads.
+//
+// One build is one variant, chosen by the macros below (optkernels/_native.py passes them as -D
+// flags): what is constant through a run is a compile-time choice, so the loop carries no option
+// it does not use.
 
-#include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
+
+#ifndef PARAM_STORAGE
+#define PARAM_STORAGE 0  // 0: float32, 1: bfloat16 rounded to nearest, 2: bfloat16 rounded stochastically
+#endif
+#ifndef STATE_STORAGE
+#define STATE_STORAGE 2  // 0: float32, 1: bfloat16 rounded stochastically, 2: 8-bit codes and scales
+#endif
+#ifndef SECOND_MOMENT
+#define SECOND_MOMENT 0  // 0: Adam's (the squared grad), 1: AdaBelief's (the squared deviation, plus eps)
+#endif
+#ifndef UPDATE
+#define UPDATE 0  // 0: Adam's, 1: NAdam's, 2: momentum only (rectification's early steps), 3: none
+#endif
 
 namespace {
 
@@ -25,17 +40,15 @@ constexpr float kFp8Max = 448.0f;
 struct Options {
   float one_minus_beta1, beta2, one_minus_beta2, eps, step_size, grad_step_size, rsqrt_bias_correction2,
       grad_decay, param_factor;
-  int32_t negate, decays_grad, scales_param, stochastic_rounding, update, belief, nesterov, threads;
+  int32_t negate, decays_grad, threads;
   uint32_t key_exp_avg, key_exp_avg_sq, key_param;
 };
-enum Update : int32_t { kAdaptive = 0, kMomentumOnly = 1, kNone = 2 };
 
 inline uint32_t bits_of(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
 inline float float_of(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
 
-// Options are masks (all bits set or none) and choose by bits: a select on a loop-invariant bool
-// does not vectorize in gcc 12, a bitwise one does; either gives the chosen value exactly.
-inline uint32_t mask(bool on) { return on ? 0xFFFFFFFFu : 0u; }
+// A select by bits (mask all ones or zero): a select on a loop-invariant bool does not vectorize
+// in gcc 12, a bitwise one does; either gives the chosen value exactly.
 inline float pick(uint32_t mask, float if_set, float otherwise) {
   return float_of((bits_of(if_set) & mask) | (bits_of(otherwise) & ~mask));
 }
@@ -57,160 +70,167 @@ inline uint16_t bf16_nearest(float x) {  // torch's float -> bfloat16 cast
   return x != x ? uint16_t(0x7FC0) : uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
-// e4m3 code -> value, exact (the two NaN codes are never written)
+// e4m3 code -> value, exact (the two NaN codes are never written), with no float32 subnormal on
+// the way (an operation on one costs a microcode assist, some 100 cycles): the code's exponent and
+// mantissa bits placed in a float32's, rebiased from 7 to 127; a subnormal code (exponent 0) as
+// the normal float32 2**-6 * (1 + m/8), less 2**-6 (exact). (Through float16, whose conversions
+// are one instruction, would be fewer instructions, but gcc 12 does not vectorize them.)
 inline float e4m3_value(uint8_t code) {
-  uint32_t exponent = (code >> 3) & 15u, mantissa = code & 7u;
-  float normal = float_of(((exponent + 120u) << 23) | (mantissa << 20));
-  float subnormal = float(int32_t(mantissa)) * (1.0f / 512.0f);
-  float value = exponent ? normal : subnormal;
-  return (code & 0x80u) ? -value : value;
+  const uint32_t magnitude = uint32_t(code & 0x7Fu) << 20, subnormal = (code & 0x78u) == 0 ? ~0u : 0u;
+  const float biased = float_of(magnitude + (120u << 23) + (subnormal & (1u << 23)));
+  const float value = biased - float_of(subnormal & 0x3C800000u);  // 2**-6 where subnormal, else 0
+  return float_of(bits_of(value) | (uint32_t(code & 0x80u) << 24));
 }
 
-// value (|x| <= 448) -> e4m3 code, rounded to nearest, ties to even: torch's cast to float8_e4m3fn
+// non-negative value on the e4m3 grid -> its code: a subnormal k * 2**-9 plus 2**-6 is the normal
+// 2**-6 * (1 + k/8), whose float32 bits, rebiased, are the code's exponent 1 and mantissa k
+inline uint8_t e4m3_bits(float on_grid) {
+  const uint32_t subnormal = bits_of(on_grid) < 0x3C800000u ? ~0u : 0u;
+  const uint32_t shifted = bits_of(on_grid + float_of(subnormal & 0x3C800000u));
+  return uint8_t((shifted - (120u << 23) - (subnormal & (1u << 23))) >> 20);
+}
+
+// x (|x| <= 448, up to rounding) -> e4m3 code, rounded to nearest, ties to even: torch's cast to
+// float8_e4m3fn. First onto the e4m3 grid in float32: adding c, a power of two 2**20 times x's
+// (or 2**-6's, for subnormals), rounds x to c's ulp, the grid's spacing there, and subtracting it
+// is exact; then the bits. A value a rounding over 448 (the block's absmax times the reciprocal
+// of absmax/448) lands on 448, as torch's clamp then cast does.
 inline uint8_t e4m3_code(float x) {
-  uint32_t u = bits_of(x), sign = (u >> 24) & 0x80u, magnitude = u & 0x7FFFFFFFu;
-  // normal codes (|x| >= 2**-6): the float32 exponent and top 3 mantissa bits, rounded, rebiased
-  uint32_t normal = ((magnitude + 0x7FFFFu + ((magnitude >> 20) & 1u)) >> 20) - (120u << 3);
-  // subnormal codes: |x| * 2**9 (exact) rounded to an integer by the 1.5 * 2**23 trick, in 0..8
-  float scaled = float_of(magnitude) * 512.0f;
-  uint32_t subnormal = uint32_t(int32_t((scaled + 12582912.0f) - 12582912.0f));
-  return uint8_t((magnitude >= 0x3C800000u ? normal : subnormal) | sign);
+  const uint32_t exponent = bits_of(x) & 0x7F800000u;
+  const float magic = float_of((exponent > 0x3C800000u ? exponent : 0x3C800000u) + (20u << 23));
+  const float magnitude = float_of(bits_of(x) & 0x7FFFFFFFu);
+  const float on_grid = (magnitude + magic) - magic;
+  return e4m3_bits(on_grid) | uint8_t((bits_of(x) >> 24) & 0x80u);
 }
 
-struct F32 {
-  using Storage = float;
-  static float load(const float* p, int64_t i) { return p[i]; }
-};
-struct BF16 {
-  using Storage = uint16_t;
-  static float load(const uint16_t* p, int64_t i) { return bf16_value(p[i]); }
-};
+// e4m3_code of an x >= 0 (the second moment's square root)
+inline uint8_t e4m3_code_unsigned(float x) {
+  const uint32_t exponent = bits_of(x) & 0x7F800000u;
+  const float magic = float_of((exponent > 0x3C800000u ? exponent : 0x3C800000u) + (20u << 23));
+  return e4m3_bits((x + magic) - magic);
+}
 
-// Param (and grad) storage P: F32 or BF16. State storage S: F32, BF16 or Codes (8-bit blockwise).
-struct Codes {
-  using Storage = uint8_t;
-};
+#if PARAM_STORAGE == 0
+using ParamStorage = float;
+inline float load_param(float x) { return x; }
+#else
+using ParamStorage = uint16_t;
+inline float load_param(uint16_t x) { return bf16_value(x); }
+#endif
+#if STATE_STORAGE == 0
+using StateStorage = float;
+#elif STATE_STORAGE == 1
+using StateStorage = uint16_t;
+#else
+using StateStorage = uint8_t;
+#endif
 
 // Distinct tensors (the caller checks), hence __restrict: stores to one cannot change the others.
-template <class P, class S>
-void block_step(typename P::Storage* __restrict param, const typename P::Storage* __restrict grad,
-                typename S::Storage* __restrict exp_avg, typename S::Storage* __restrict exp_avg_sq,
+void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict grad,
+                StateStorage* __restrict exp_avg, StateStorage* __restrict exp_avg_sq,
                 float* __restrict exp_avg_scale, float* __restrict exp_avg_sq_scale, int64_t start, int64_t count,
                 const Options& o) {
-  // Every option is a select (pick), never a branch, so that the loop vectorizes; the selected
-  // value is the one the Python rule computes.
-  constexpr bool quantized = std::is_same<S, Codes>::value;
   // the options as locals: the compiler cannot prove that the stores below leave `o` alone
   const float one_minus_beta1 = o.one_minus_beta1, beta2 = o.beta2, one_minus_beta2 = o.one_minus_beta2,
               eps = o.eps, step_size = o.step_size, grad_step_size = o.grad_step_size,
               rsqrt_bias_correction2 = o.rsqrt_bias_correction2, grad_decay = o.grad_decay,
               param_factor = o.param_factor;
-  const uint32_t negate = mask(o.negate), decays_grad = mask(o.decays_grad), scales_param = mask(o.scales_param),
-                 stochastic_rounding = mask(o.stochastic_rounding), belief = mask(o.belief),
-                 nesterov = mask(o.nesterov), adaptive_update = mask(o.update == kAdaptive),
-                 no_update = mask(o.update == kNone);
+  const uint32_t sign_flip = o.negate ? 0x80000000u : 0u, decays_grad = o.decays_grad ? 0xFFFFFFFFu : 0u;
   const uint32_t key_exp_avg = o.key_exp_avg, key_exp_avg_sq = o.key_exp_avg_sq, key_param = o.key_param;
+  (void)grad_step_size, (void)rsqrt_bias_correction2, (void)key_exp_avg, (void)key_exp_avg_sq, (void)key_param;
   float new_exp_avg[kBlock], new_root[kBlock];  // m_t and sqrt(v_t), quantised once the block is done
   float exp_avg_scale_old = 0.0f, exp_avg_sq_scale_old = 0.0f;
-  if constexpr (quantized) {
-    exp_avg_scale_old = exp_avg_scale[start / kBlock];
-    exp_avg_sq_scale_old = exp_avg_sq_scale[start / kBlock];
-  }
+#if STATE_STORAGE == 2
+  exp_avg_scale_old = exp_avg_scale[start / kBlock];
+  exp_avg_sq_scale_old = exp_avg_sq_scale[start / kBlock];
+#endif
   uint32_t exp_avg_absmax_bits = 0, root_absmax_bits = 0;
   for (int64_t j = 0; j < count; ++j) {
     const int64_t i = start + j;
-    float g = P::load(grad, i);
-    float p = P::load(param, i);
-    g = pick(negate, -g, g);
+    float g = float_of(bits_of(load_param(grad[i])) ^ sign_flip);  // -g where maximize
+    float p = load_param(param[i]);
     g = pick(decays_grad, g + p * grad_decay, g);
-    p = pick(scales_param, p * param_factor, p);
+    p = p * param_factor;  // 1 without decoupled decay: exact
     float m, v;
-    if constexpr (quantized) {
-      m = e4m3_value(exp_avg[i]) * exp_avg_scale_old;
-      float root = e4m3_value(exp_avg_sq[i]) * exp_avg_sq_scale_old;
-      v = root * root;
-    } else {
-      m = S::load(exp_avg, i);
-      v = S::load(exp_avg_sq, i);
-    }
+#if STATE_STORAGE == 2
+    m = e4m3_value(exp_avg[i]) * exp_avg_scale_old;
+    float old_root = e4m3_value(exp_avg_sq[i]) * exp_avg_sq_scale_old;
+    v = old_root * old_root;
+#elif STATE_STORAGE == 1
+    m = bf16_value(exp_avg[i]);
+    v = bf16_value(exp_avg_sq[i]);
+#else
+    m = exp_avg[i];
+    v = exp_avg_sq[i];
+#endif
     m = m + (g - m) * one_minus_beta1;
-    float deviation = pick(belief, g - m, g);  // AdaBelief's s_t, or Adam's v_t
-    v = v * beta2 + deviation * (deviation * one_minus_beta2);
-    v = pick(belief, v + eps, v);
-    float root = std::sqrt(v);
-    float denom = root * rsqrt_bias_correction2 + eps;
-    float ratio = pick(nesterov, g * grad_step_size + m * step_size, m) / denom;
-    float adaptive = p - pick(nesterov, ratio, ratio * step_size);
-    p = pick(no_update, p, pick(adaptive_update, adaptive, p - m * step_size));
-    if constexpr (std::is_same<P, F32>::value) {
-      param[i] = p;
-    } else {
-      uint32_t stochastic = bf16_stochastic(p, random_bits(uint32_t(i), key_param)), nearest = bf16_nearest(p);
-      param[i] = uint16_t((stochastic & stochastic_rounding) | (nearest & ~stochastic_rounding));
-    }
-    if constexpr (quantized) {
-      new_exp_avg[j] = m;
-      new_root[j] = root;
-      // |x|'s bits order as |x| does, NaN above all: an integer max is torch's amax, NaN included
-      uint32_t exp_avg_magnitude = bits_of(m) & 0x7FFFFFFFu, root_magnitude = bits_of(root) & 0x7FFFFFFFu;
-      exp_avg_absmax_bits = exp_avg_magnitude > exp_avg_absmax_bits ? exp_avg_magnitude : exp_avg_absmax_bits;
-      root_absmax_bits = root_magnitude > root_absmax_bits ? root_magnitude : root_absmax_bits;
-    } else if constexpr (std::is_same<S, F32>::value) {
-      exp_avg[i] = m;
-      exp_avg_sq[i] = v;
-    } else {
-      exp_avg[i] = bf16_stochastic(m, random_bits(uint32_t(i), key_exp_avg));
-      exp_avg_sq[i] = bf16_stochastic(v, random_bits(uint32_t(i), key_exp_avg_sq));
-    }
+#if SECOND_MOMENT == 1
+    float deviation = g - m;
+    v = v * beta2 + deviation * (deviation * one_minus_beta2) + eps;
+#else
+    v = v * beta2 + g * (g * one_minus_beta2);
+#endif
+    float root = __builtin_sqrtf(v);
+#if UPDATE == 0
+    p = p - m / (root * rsqrt_bias_correction2 + eps) * step_size;
+#elif UPDATE == 1
+    p = p - (g * grad_step_size + m * step_size) / (root * rsqrt_bias_correction2 + eps);
+#elif UPDATE == 2
+    p = p - m * step_size;
+#endif
+#if PARAM_STORAGE == 0
+    param[i] = p;
+#elif PARAM_STORAGE == 1
+    param[i] = bf16_nearest(p);
+#else
+    param[i] = bf16_stochastic(p, random_bits(uint32_t(i), key_param));
+#endif
+#if STATE_STORAGE == 2
+    new_exp_avg[j] = m;
+    new_root[j] = root;
+    // |x|'s bits order as |x| does, NaN above all: an integer max is torch's amax, NaN included
+    uint32_t exp_avg_magnitude = bits_of(m) & 0x7FFFFFFFu, root_magnitude = bits_of(root) & 0x7FFFFFFFu;
+    exp_avg_absmax_bits = exp_avg_magnitude > exp_avg_absmax_bits ? exp_avg_magnitude : exp_avg_absmax_bits;
+    root_absmax_bits = root_magnitude > root_absmax_bits ? root_magnitude : root_absmax_bits;
+#elif STATE_STORAGE == 1
+    exp_avg[i] = bf16_stochastic(m, random_bits(uint32_t(i), key_exp_avg));
+    exp_avg_sq[i] = bf16_stochastic(v, random_bits(uint32_t(i), key_exp_avg_sq));
+#else
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+#endif
   }
-  if constexpr (quantized) {
-    const float exp_avg_absmax = float_of(exp_avg_absmax_bits), root_absmax = float_of(root_absmax_bits);
-    float exp_avg_new_scale = exp_avg_absmax / kFp8Max, root_new_scale = root_absmax / kFp8Max;
-    // a block of zeros divides by 1 (its codes are 0 whatever the divisor), keeping scale 0
-    float exp_avg_divisor = exp_avg_absmax > 0.0f ? exp_avg_new_scale : 1.0f;
-    float root_divisor = root_absmax > 0.0f ? root_new_scale : 1.0f;
-    uint8_t* exp_avg_codes = exp_avg + start;
-    uint8_t* exp_avg_sq_codes = exp_avg_sq + start;
-    for (int64_t j = 0; j < count; ++j) {
-      float scaled = new_exp_avg[j] / exp_avg_divisor;
-      scaled = scaled < -kFp8Max ? -kFp8Max : scaled;
-      exp_avg_codes[j] = e4m3_code(scaled > kFp8Max ? kFp8Max : scaled);
-      float root_scaled = new_root[j] / root_divisor;
-      exp_avg_sq_codes[j] = e4m3_code(root_scaled > kFp8Max ? kFp8Max : root_scaled);
-    }
-    exp_avg_scale[start / kBlock] = exp_avg_new_scale;
-    exp_avg_sq_scale[start / kBlock] = root_new_scale;
+#if STATE_STORAGE == 2
+  const float exp_avg_absmax = float_of(exp_avg_absmax_bits), root_absmax = float_of(root_absmax_bits);
+  const float exp_avg_new_scale = exp_avg_absmax / kFp8Max, root_new_scale = root_absmax / kFp8Max;
+  // a block of zeros divides by 1 (its codes are 0 whatever the divisor), keeping scale 0
+  const float exp_avg_inverse = 1.0f / (exp_avg_absmax > 0.0f ? exp_avg_new_scale : 1.0f);
+  const float root_inverse = 1.0f / (root_absmax > 0.0f ? root_new_scale : 1.0f);
+  uint8_t* __restrict exp_avg_codes = exp_avg + start;
+  uint8_t* __restrict exp_avg_sq_codes = exp_avg_sq + start;
+  for (int64_t j = 0; j < count; ++j) {
+    exp_avg_codes[j] = e4m3_code(new_exp_avg[j] * exp_avg_inverse);
+    exp_avg_sq_codes[j] = e4m3_code_unsigned(new_root[j] * root_inverse);
   }
-}
-
-template <class P, class S>
-void step(void* param, const void* grad, void* exp_avg, void* exp_avg_sq, float* exp_avg_scale,
-          float* exp_avg_sq_scale, int64_t numel, const Options* options) {
-  const Options o = *options;
-  const int64_t blocks = (numel + kBlock - 1) / kBlock;
-  auto* p = static_cast<typename P::Storage*>(param);
-  auto* g = static_cast<const typename P::Storage*>(grad);
-  auto* m = static_cast<typename S::Storage*>(exp_avg);
-  auto* v = static_cast<typename S::Storage*>(exp_avg_sq);
-#pragma omp parallel for num_threads(o.threads) schedule(static) if (o.threads > 1)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t start = b * kBlock;
-    block_step<P, S>(p, g, m, v, exp_avg_scale, exp_avg_sq_scale, start,
-                     numel - start < kBlock ? numel - start : kBlock, o);
-  }
+  exp_avg_scale[start / kBlock] = exp_avg_new_scale;
+  exp_avg_sq_scale[start / kBlock] = root_new_scale;
+#endif
 }
 
 }  // namespace
 
-// Entry points, one per (param dtype, state storage): optkernels/_native.py names them.
-#define OPTKERNELS_ENTRY(NAME, P, S)                                                                     \
-  extern "C" void NAME(void* param, const void* grad, void* exp_avg, void* exp_avg_sq, float* exp_avg_scale, \
-                       float* exp_avg_sq_scale, int64_t numel, const Options* options) {                  \
-    step<P, S>(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, numel, options);       \
+extern "C" void adam_step(void* param, const void* grad, void* exp_avg, void* exp_avg_sq, float* exp_avg_scale,
+                          float* exp_avg_sq_scale, int64_t numel, const Options* options) {
+  const Options o = *options;
+  const int64_t blocks = (numel + kBlock - 1) / kBlock;
+  auto* p = static_cast<ParamStorage*>(param);
+  auto* g = static_cast<const ParamStorage*>(grad);
+  auto* m = static_cast<StateStorage*>(exp_avg);
+  auto* v = static_cast<StateStorage*>(exp_avg_sq);
+#pragma omp parallel for num_threads(o.threads) schedule(static) if (o.threads > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t start = b * kBlock;
+    block_step(p, g, m, v, exp_avg_scale, exp_avg_sq_scale, start, numel - start < kBlock ? numel - start : kBlock,
+               o);
   }
-OPTKERNELS_ENTRY(adam_float32_float32, F32, F32)
-OPTKERNELS_ENTRY(adam_float32_bfloat16, F32, BF16)
-OPTKERNELS_ENTRY(adam_float32_codes, F32, Codes)
-OPTKERNELS_ENTRY(adam_bfloat16_float32, BF16, F32)
-OPTKERNELS_ENTRY(adam_bfloat16_bfloat16, BF16, BF16)
-OPTKERNELS_ENTRY(adam_bfloat16_codes, BF16, Codes)
+}
