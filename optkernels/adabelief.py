@@ -1,12 +1,14 @@
 """AdaBelief: Adam with the second moment taken of the gradient's deviation from its EMA."""
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
 from ._compiled import run_compiled
-from ._math import bias_correction, grouped, prepared_grads, scale_, sma_length, temporaries
+from .adam import low_precision_update
+from ._math import bias_correction, grouped, prepared_grads, rsqrt, scale_, sma_length, temporaries
 from ._validation import (check_beta, check_eps, check_finite, check_flag, check_lr, check_nonnegative,
                           check_tensor_lists, optional_list, step_values)
 
@@ -29,6 +31,11 @@ def adabelief_update(
     maximize: bool = False,
     compiled: bool = False,
     param_scale: float | None = None,
+    state_precision: str = "fp32",
+    exp_avg_scales: list[Tensor | None] | None = None,
+    exp_avg_var_scales: list[Tensor | None] | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     r"""AdaBelief step, in place, on lists of tensors; AMSGrad when ``max_exp_avg_vars`` is given.
 
@@ -73,9 +80,29 @@ def adabelief_update(
     ``weight_decay`` (the official coupled decay) and ``maximize`` prepare the grads in the
     kernel's pass too (see :func:`adam_update`).
 
+    Args:
+        state_precision: how ``exp_avgs`` and ``exp_avg_vars`` are stored, as :func:`adam_update`'s
+            (``"fp32"``, ``"bf16"``, ``"8bit"``; :math:`s_t` is the unsigned, square-root
+            compressed one); the update is computed in float32, by
+            :func:`~optkernels.adam.adam_low_precision_rule` with ``belief=True``, eager or
+            ``compiled``. Not with AMSGrad.
+        exp_avg_scales, exp_avg_var_scales: the 8-bit codes' float32 scales, as
+            :func:`adam_update`'s ``exp_avg_scales`` / ``exp_avg_sq_scales``.
+        stochastic_rounding, seed: as :func:`adam_update`'s.
+
     Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
     Observed Gradients", NeurIPS 2020; https://github.com/juntang-zhuang/Adabelief-Optimizer.
     """
+    if state_precision != "fp32" or stochastic_rounding:
+        schedule = functools.partial(_adabelief_schedule, rectify=rectify, degenerated_to_sgd=degenerated_to_sgd)
+        low_precision_update(params, grads, exp_avgs, exp_avg_vars, optional_list(max_exp_avg_vars), step=step, lr=lr,
+                             beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                             compiled=compiled, param_scale=param_scale, state_precision=state_precision,
+                             exp_avg_scales=exp_avg_scales, exp_avg_sq_scales=exp_avg_var_scales,
+                             stochastic_rounding=stochastic_rounding, seed=seed, schedule=schedule)
+        return
+    if exp_avg_scales is not None or exp_avg_var_scales is not None:
+        raise ValueError("exp_avg_scales and exp_avg_var_scales go with state_precision='8bit'")
     max_exp_avg_vars = optional_list(max_exp_avg_vars)
     count = check_tensor_lists(optional=("max_exp_avg_vars",), params=params, grads=grads, exp_avgs=exp_avgs,
                                exp_avg_vars=exp_avg_vars, max_exp_avg_vars=max_exp_avg_vars)
@@ -131,6 +158,19 @@ def _rectification(t, beta1, beta2) -> tuple[float, bool]:
             bias_correction(beta2, t) * (rho_t - 4) / (rho_inf - 4) * (rho_t - 2) / rho_t * rho_inf / (rho_inf - 2)
         ) / bias_correction(beta1, t), True
     return 1.0 / bias_correction(beta1, t), False
+
+
+def _adabelief_schedule(t, *, lr: float, beta1: float, beta2: float, rectify: bool,
+                        degenerated_to_sgd: bool) -> dict:
+    """The low-precision rule's scalars for step ``t``: AdaBelief's second moment, and the step
+    sizes of the foreach path (rectified: :math:`\\sqrt{1-\\beta_2^t}` folded into the step size,
+    as the official code; before :math:`\\rho_t \\ge 5` an SGD-with-momentum step, or none)."""
+    if not rectify:
+        return dict(step_size=lr / bias_correction(beta1, t), rsqrt_bias_correction2=rsqrt(bias_correction(beta2, t)),
+                    momentum_only=False, belief=True)
+    factor, adaptive = _rectification(t, beta1, beta2)
+    step_size = factor * lr if adaptive or degenerated_to_sgd else None
+    return dict(step_size=step_size, rsqrt_bias_correction2=1.0, momentum_only=not adaptive, belief=True)
 
 
 def _rectified_step(params, exp_avgs, exp_avg_vars, t, lr, beta1, beta2, eps, degenerated_to_sgd):

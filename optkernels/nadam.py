@@ -4,7 +4,9 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
+from .adam import low_precision_update
 from ._math import bias_correction, grouped, prepared_grads, rsqrt, scale_, temporaries
+from .quantization import check_low_precision_state, check_state_precision
 from ._validation import (
     check_beta,
     check_eps,
@@ -35,6 +37,11 @@ def nadam_update(
     maximize: bool = False,
     compiled: bool = False,
     param_scale: float | None = None,
+    state_precision: str = "fp32",
+    exp_avg_scales: list[Tensor | None] | None = None,
+    exp_avg_sq_scales: list[Tensor | None] | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     r"""NAdam step, in place, on lists of tensors.
 
@@ -67,6 +74,11 @@ def nadam_update(
             ``mu_products`` are updated as above, outside the rule.
         param_scale: multiply params by this first: NAdamW's decoupled weight decay in the same
             pass (:func:`~optkernels.weight_decay.decoupled_scale`); None leaves params alone.
+        state_precision, exp_avg_scales, exp_avg_sq_scales, stochastic_rounding, seed: as
+            :func:`adam_update`'s: the moments in bf16 or 8-bit codes, bf16 params rounded
+            stochastically; the update computed in float32 by
+            :func:`~optkernels.adam.adam_low_precision_rule` (its ``grad_step_size``), eager or
+            ``compiled``, with ``mu_products`` updated as above.
 
     Mutates params, exp_avgs, exp_avg_sqs and mu_products. Never grads. Weight decay (coupled,
     or NAdamW's decoupled) composes in front, ``grads = weight_decay_l2(params, grads, ...)``, or
@@ -87,6 +99,15 @@ def nadam_update(
     Reference: Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop; the
     formulation of torch.optim.NAdam.
     """
+    if state_precision != "fp32" or stochastic_rounding:
+        _nadam_low_precision(params, grads, exp_avgs, exp_avg_sqs, mu_products, step=step, lr=lr, beta1=beta1,
+                             beta2=beta2, eps=eps, momentum_decay=momentum_decay, weight_decay=weight_decay,
+                             maximize=maximize, compiled=compiled, param_scale=param_scale,
+                             state_precision=state_precision, exp_avg_scales=exp_avg_scales,
+                             exp_avg_sq_scales=exp_avg_sq_scales, stochastic_rounding=stochastic_rounding, seed=seed)
+        return
+    if exp_avg_scales is not None or exp_avg_sq_scales is not None:
+        raise ValueError("exp_avg_scales and exp_avg_sq_scales go with state_precision='8bit'")
     count = check_tensor_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
     check_scalar_lists(count, mu_products=mu_products)
     steps = step_values(step, count)
@@ -153,3 +174,49 @@ def nadam_rule(param, grad, exp_avg, exp_avg_sq, *, beta1, beta2, eps, rsqrt_bia
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad * (1 - beta2))
     denom = exp_avg_sq.sqrt() * rsqrt_bias_correction2 + eps
     param.sub_((grad * grad_step_size + exp_avg * momentum_step_size) / denom)
+
+
+def _nadam_low_precision(params, grads, exp_avgs, exp_avg_sqs, mu_products, *, step, lr, beta1, momentum_decay,
+                         exp_avg_scales, exp_avg_sq_scales, **options) -> None:
+    """:func:`nadam_update` with low-precision state or stochastically rounded params: the
+    low-precision Adam rule with NAdam's step sizes, one call per distinct :math:`\\Pi_t` (they
+    depend on it). Everything a call checks is checked first, and ``mu_products`` are written
+    last, so that a call that raises changes nothing."""
+    check_state_precision(options["state_precision"])
+    count = check_tensor_lists(params=params, grads=grads)
+    check_scalar_lists(count, mu_products=mu_products)
+    for name, states in (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        if len(states) != count:
+            raise ValueError(f"{name} has {len(states)} tensors but params has {count}")
+    check_low_precision_state("exp_avgs", exp_avgs, "exp_avg_scales", exp_avg_scales, params)
+    check_low_precision_state("exp_avg_sqs", exp_avg_sqs, "exp_avg_sq_scales", exp_avg_sq_scales, params)
+    for index, param in enumerate(params):
+        if param.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            raise TypeError(f"params[{index}] has dtype {param.dtype}; low-precision NAdam takes real floats")
+    steps = step_values(step, count)
+    lr, beta1 = check_lr(lr), check_beta("beta1", beta1)
+    momentum_decay = check_nonnegative("momentum_decay", momentum_decay)
+
+    def mu(t: float) -> float:                                              # mu_t
+        return beta1 * (1.0 - 0.5 * (0.96 ** (t * momentum_decay)))
+
+    # Pi_t as the fp32 path rounds it (the stored dtype), stored once every param has stepped
+    products = [mu_product * mu(t) for mu_product, t in zip(mu_products, steps)]
+    positions: dict[float, list[int]] = {}
+    for position, product in enumerate(products):
+        positions.setdefault(product.item(), []).append(position)
+    exp_avg_scales = exp_avg_scales if exp_avg_scales is not None else [None] * count
+    exp_avg_sq_scales = exp_avg_sq_scales if exp_avg_sq_scales is not None else [None] * count
+    for product, indices in positions.items():
+        def schedule(t, *, lr, beta1, beta2, product=product) -> dict:
+            mu_t, mu_next = mu(t), mu(t + 1)
+            return dict(grad_step_size=lr * (1.0 - mu_t) / (1.0 - product),
+                        step_size=lr * mu_next / (1.0 - product * mu_next),
+                        rsqrt_bias_correction2=rsqrt(bias_correction(beta2, t)), momentum_only=False)
+
+        low_precision_update(*([lst[i] for i in indices] for lst in (params, grads, exp_avgs, exp_avg_sqs)), None,
+                             step=[steps[i] for i in indices], lr=lr, beta1=beta1,
+                             exp_avg_scales=[exp_avg_scales[i] for i in indices],
+                             exp_avg_sq_scales=[exp_avg_sq_scales[i] for i in indices], schedule=schedule, **options)
+    for mu_product, product in zip(mu_products, products):
+        mu_product.copy_(product)                                            # Pi_t

@@ -1,5 +1,7 @@
 """Adam and AdamW, drop-ins for torch.optim.Adam and torch.optim.AdamW."""
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -9,9 +11,6 @@ from optkernels.quantization import (MIN_QUANTIZED_NUMEL, check_state_precision,
                                      new_state, num_blocks)
 
 from .base import KernelOptimizer
-
-_MOMENTS = {"exp_avg": True, "exp_avg_sq": False}  # name: signed (the second moment is not)
-_SCALES = {"exp_avg": "exp_avg_scale", "exp_avg_sq": "exp_avg_sq_scale"}
 
 
 def _check_tensor_hparams(lr, betas, foreach) -> None:
@@ -27,16 +26,19 @@ def _check_tensor_hparams(lr, betas, foreach) -> None:
 
 
 class LowPrecisionMoments:
-    """Adam-family moments (``exp_avg``, ``exp_avg_sq``) in low precision, for a
-    :class:`~wrappers.base.KernelOptimizer` whose kernel takes ``state_precision`` (Adam, AdamW,
-    RAdam). Options of the optimizer, keyword-only, not of a param group (like ``flat``):
+    """Adam-family moments in low precision, for a :class:`~wrappers.base.KernelOptimizer` whose
+    kernel takes ``state_precision`` (Adam, AdamW, RAdam, NAdam, AdaBelief). The class names its
+    two moments in ``moments`` (Adam's ``exp_avg``, ``exp_avg_sq``; AdaBelief's ``exp_avg``,
+    ``exp_avg_var``); each moment ``name`` has its scales under ``name + "_scale"``, which the
+    kernel takes as ``name + "_scales"``. Options of the optimizer, keyword-only, not of a param
+    group (like ``flat``):
 
     - ``state_precision="fp32"`` (default; torch.optim's state), ``"bf16"`` (moments in bfloat16,
       written with stochastic rounding) or ``"8bit"`` (moments of params with at least 4096
       elements as 8-bit blockwise codes; see :mod:`optkernels.quantization`). State keys:
-      ``step``, ``exp_avg``, ``exp_avg_sq`` (float tensors, or ``torch.uint8`` codes in
-      ``"8bit"``) and, in ``"8bit"`` only, ``exp_avg_scale`` and ``exp_avg_sq_scale`` (float32,
-      one per block of 256 elements; 0 elements where the moments are not quantised).
+      ``step``, the moments (float tensors, or ``torch.uint8`` codes in ``"8bit"``) and, in
+      ``"8bit"`` only, their scales (``exp_avg_scale``, ``exp_avg_sq_scale``: float32, one per
+      block of 256 elements; 0 elements where the moments are not quantised).
     - ``stochastic_rounding=True``: bf16 params get their update rounded stochastically (the
       moments of bf16 params are then float32 in ``"fp32"``); ``seed``: its seed.
 
@@ -44,6 +46,12 @@ class LowPrecisionMoments:
     any precision (torch.optim's included) loads, and a low-precision checkpoint loads into an
     fp32 optimizer (dequantised). Not with AMSGrad or ``flat=True``; ``compiled=True`` works.
     """
+
+    moments: ClassVar[dict[str, bool]] = {"exp_avg": True, "exp_avg_sq": False}  # name: signed (v_t is not)
+
+    @classmethod
+    def _scale_names(cls) -> dict[str, str]:
+        return {name: f"{name}_scale" for name in cls.moments}
 
     def _set_low_precision(self, state_precision, stochastic_rounding, seed, *, flat: bool, amsgrad: bool = False):
         self.state_precision = check_state_precision(state_precision)
@@ -63,8 +71,7 @@ class LowPrecisionMoments:
         if not self._low_precision:
             return {}
         return dict(state_precision=self.state_precision, stochastic_rounding=self.stochastic_rounding,
-                    seed=self.seed, exp_avg_scales=state.get("exp_avg_scale"),
-                    exp_avg_sq_scales=state.get("exp_avg_sq_scale"))
+                    seed=self.seed, **{f"{key}s": state.get(key) for key in self._scale_names().values()})
 
     @property
     def _low_precision(self) -> bool:
@@ -73,19 +80,21 @@ class LowPrecisionMoments:
     def _state_names(self, group):
         names = super()._state_names(group)
         if getattr(self, "state_precision", "fp32") == "8bit":
-            names += tuple(_SCALES.values())
+            names += tuple(self._scale_names().values())
         return names
 
     def _kernel_checked_state_names(self, group):
-        return (*_MOMENTS, *_SCALES.values()) if self._low_precision else ()
+        return (*self.moments, *self._scale_names().values()) if self._low_precision else ()
 
     def _init_state(self, name, param, group):
         if not self._low_precision:
             return super()._init_state(name, param, group)
-        if name in _MOMENTS:
+        if name in self.moments:
             return new_state(param, self.state_precision, stochastic_rounding=self.stochastic_rounding)
-        count = num_blocks(param.numel()) if param.numel() >= MIN_QUANTIZED_NUMEL else 0
-        return torch.zeros(count, dtype=torch.float32, device=param.device)  # scales
+        if name in self._scale_names().values():
+            count = num_blocks(param.numel()) if param.numel() >= MIN_QUANTIZED_NUMEL else 0
+            return torch.zeros(count, dtype=torch.float32, device=param.device)
+        return super()._init_state(name, param, group)  # other state (NAdam's mu_product)
 
     def __getstate__(self):
         return {**super().__getstate__(), "state_precision": self.state_precision,
@@ -112,24 +121,25 @@ class LowPrecisionMoments:
             if raw is None or not self._needs_conversion(raw, param):
                 continue
             param_state = self.state[param]
-            for name, signed in _MOMENTS.items():
+            for name, signed in self.moments.items():
                 if name not in raw:
                     continue
-                scales = raw.get(_SCALES[name])
+                scale_name = self._scale_names()[name]
+                scales = raw.get(scale_name)
                 values = load_state(raw[name].to(param.device), None if scales is None else scales.to(param.device),
                                     signed=signed)
                 like = (self._init_state(name, param, group_of[id(param)]) if self._low_precision
                         else torch.zeros_like(param, memory_format=torch.preserve_format))
                 param_state[name], new = converted_state(values, like, signed=signed)
                 if self.state_precision == "8bit":
-                    param_state[_SCALES[name]] = new
+                    param_state[scale_name] = new
                 else:
-                    param_state.pop(_SCALES[name], None)
+                    param_state.pop(scale_name, None)
 
     def _needs_conversion(self, raw, param) -> bool:
-        if self._low_precision or any(name in raw for name in _SCALES.values()):
+        if self._low_precision or any(name in raw for name in self._scale_names().values()):
             return True
-        return any(name in raw and raw[name].dtype == torch.uint8 for name in _MOMENTS)
+        return any(name in raw and raw[name].dtype == torch.uint8 for name in self.moments)
 
 
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from optkernels import adabelief_update, weight_decay_l2
+import optkernels.adam
+from optkernels import UnsupportedOptionError, adabelief_update, weight_decay_l2
+from optkernels.quantization import MIN_QUANTIZED_NUMEL, load_state, new_scales, new_state
 from tests.helpers import laid_out, same_layout_copy
 from tests.reference import ADABELIEF_DECAY_MODES, adabelief_reference
 
@@ -269,3 +271,146 @@ def test_tensor_lr_equals_float_lr():
                      **DECAY_MODES["no-decay"])
     for mine, theirs in zip(runs[0].params, runs[1].params):
         assert torch.equal(mine, theirs)
+
+
+
+# --- low-precision state (state_precision="bf16" / "8bit", stochastic rounding of bf16 params) ---
+# Shapes: quantised (whole blocks), kept float (under 4096 elements), quantised with a partial block
+LOW_PRECISION_SHAPES = [(16, 256), (7, 5), (MIN_QUANTIZED_NUMEL + 3,)]
+LOW_PRECISION_CASES = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_precision="8bit"),
+                       "bf16-params-8bit": dict(state_precision="8bit", stochastic_rounding=True)}
+LOW_PRECISION_STEPS = 8  # rectified: 5 SGD-like steps (rho_t < 5), then 3 adaptive
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two that wait for each other on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def low_precision_run(steps=LOW_PRECISION_STEPS, *, state_precision="fp32", stochastic_rounding=False,
+                      bf16_params=False, upcast=False, float_state=False, lr=LR, **options):
+    """``steps`` calls from the same start on the same grads whatever the options. ``bf16_params``:
+    params and grads rounded to bf16 (``upcast``: then held in float32, the fp32 algorithm's run
+    from the same start); ``float_state``: float32 state whatever ``state_precision`` (nothing
+    rounded: the low-precision rule alone). Returns the params, the moments' float32 values, and
+    the stored moments and scales."""
+    dtype = torch.bfloat16 if bf16_params else torch.float32
+    as_run = (lambda t: t.to(dtype).float()) if upcast else (lambda t: t.to(dtype))
+    generator = torch.Generator().manual_seed(0)
+    params = [as_run(torch.randn(shape, generator=generator)) for shape in LOW_PRECISION_SHAPES]
+    precision = "fp32" if float_state else state_precision
+    state = {name: [new_state(p, precision, stochastic_rounding=stochastic_rounding) for p in params]
+             for name in ("exp_avgs", "exp_avg_vars")}
+    scales = {}
+    if state_precision == "8bit":
+        scales = {f"{name[:-1]}_scales": [new_scales(s) for s in state[name]] for name in state}
+    for step in range(1, steps + 1):
+        generator = torch.Generator().manual_seed(100 + step)
+        grads = [as_run(torch.randn(p.shape, generator=generator)) for p in params]
+        adabelief_update(params, grads, state["exp_avgs"], state["exp_avg_vars"], step=step, lr=lr,
+                         state_precision=state_precision, stochastic_rounding=stochastic_rounding, seed=3,
+                         **scales, **options)
+    values = {name: [load_state(s, scales[f"{name[:-1]}_scales"][i] if scales else None, signed=name == "exp_avgs")
+                     for i, s in enumerate(state[name])] for name in state}
+    return dict(params=params, **values, stored=state, scales=scales)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
+@pytest.mark.parametrize("rectify", [True, False], ids=["rectified", "unrectified"])
+def test_low_precision_tracks_fp32(rectify, case, compiled, one_thread):
+    """8 steps of lr 0.01 against the fp32 kernel from the same start on the same grads: params
+    within a tenth of the distance they move (8 lr; bf16 params rounded stochastically also within
+    the bf16 spacing each step's rounding may add, 8 times 2^-7 |p|), the first moment within a
+    tenth of its largest value."""
+    bf16_params = case.get("stochastic_rounding", False)
+    reference = low_precision_run(rectify=rectify, bf16_params=bf16_params, upcast=True)
+    ours = low_precision_run(rectify=rectify, bf16_params=bf16_params, compiled=compiled, **case)
+    rtol = LOW_PRECISION_STEPS * 2**-7 if bf16_params else 0
+    for index, (mine, theirs) in enumerate(zip(ours["params"], reference["params"])):
+        assert_close(mine.float(), theirs, rtol=rtol, atol=0.1 * LOW_PRECISION_STEPS * LR, msg=f"param {index}")
+    m = ours["exp_avgs"][0]
+    assert_close(m, reference["exp_avgs"][0], rtol=0, atol=0.1 * m.abs().max().item())
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "inductor"])
+@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
+@pytest.mark.parametrize("schedule", [dict(rectify=True), dict(rectify=True, degenerated_to_sgd=False),
+                                      dict(rectify=False)], ids=["rectified", "no-sgd-warmup", "unrectified"])
+def test_low_precision_compiled_equals_eager(schedule, case, native, one_thread, monkeypatch):
+    """The same rule compiled (the native CPU kernel; ``inductor``: torch.compile's, as off CPU):
+    scales equal to rounding;
+    codes equal but where a value sits on a rounding boundary (then the next code: at under 1% of
+    the elements); bf16 moments and params one bf16 step apart at under 1% of the elements
+    (stochastic rounding of a value one float32 ulp apart); float32 state to rounding, params
+    too but at under 1% of the elements (there, within a bf16 step per step taken)."""
+    if not native:
+        monkeypatch.setattr(optkernels.adam, "native_low_precision_steps", lambda lists, **scalars: lists)
+    bf16_params = case.get("stochastic_rounding", False)
+    eager = low_precision_run(bf16_params=bf16_params, **schedule, **case)
+    compiled = low_precision_run(bf16_params=bf16_params, compiled=True, **schedule, **case)
+    for name, scales in eager["scales"].items():
+        for mine, theirs in zip(compiled["scales"][name], scales):
+            assert_close(mine, theirs, rtol=1e-6, atol=0)
+    for name in ("exp_avgs", "exp_avg_vars"):
+        for mine, theirs in zip(compiled["stored"][name], eager["stored"][name]):
+            if theirs.dtype == torch.float32:
+                assert_close(mine, theirs, rtol=1e-5, atol=1e-7, msg=name)
+                continue
+            assert (mine != theirs).float().mean() < 0.01, name
+            if theirs.dtype == torch.uint8:  # e4m3 codes as signed indices, monotone in the value
+                index = lambda codes: torch.where(codes >= 0x80, 0x80 - codes.int(), codes.int())
+                assert (index(mine) - index(theirs)).abs().max() <= 1, name
+            else:
+                assert_close(mine.float(), theirs.float(), rtol=2**-7, atol=0, msg=name)
+    for mine, theirs in zip(compiled["params"], eager["params"]):
+        # beyond rounding only where an earlier step's code or bf16 value took its neighbour
+        apart = (mine.float() - theirs.float()).abs() > 1e-5 * theirs.float().abs() + 1e-6
+        assert apart.float().mean() < 0.01
+        # each step's rounding may take the other neighbour there: at most a bf16 step per step
+        assert_close(mine.float(), theirs.float(), rtol=LOW_PRECISION_STEPS * 2**-7, atol=0)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("schedule", [dict(rectify=True), dict(rectify=True, degenerated_to_sgd=False),
+                                      dict(rectify=False)], ids=["rectified", "no-sgd-warmup", "unrectified"])
+def test_low_precision_rule_with_float_state_equals_the_fp32_kernel(schedule, compiled, one_thread):
+    """The low-precision rule with float32 state (nothing rounded) is the fp32 kernel's update to
+    rounding at every step: the SGD-like steps before rectification, none without
+    degenerated_to_sgd, the adaptive ones, eps added into s_t; coupled and decoupled decay."""
+    for decay in (dict(weight_decay=0.01), dict(param_scale=1 - LR * 0.01)):
+        for steps in range(1, LOW_PRECISION_STEPS + 1):
+            reference = low_precision_run(steps, eps=EPS, **schedule, **decay)
+            ours = low_precision_run(steps, eps=EPS, state_precision="8bit", float_state=True, compiled=compiled,
+                                     **schedule, **decay)
+            for name in ("params", "exp_avgs", "exp_avg_vars"):
+                for mine, theirs in zip(ours[name], reference[name]):
+                    assert_close(mine, theirs, rtol=1e-6, atol=1e-6, msg=f"{name} at step {steps}, {decay}")
+
+
+def test_low_precision_no_update_before_rectification_without_sgd_warmup(one_thread):
+    """rectify and not degenerated_to_sgd: in 8-bit too, params stay put for steps 1-5 and move at 6."""
+    start = low_precision_run(0)["params"]
+    for steps, moves in ((5, False), (6, True)):
+        params = low_precision_run(steps, state_precision="8bit", degenerated_to_sgd=False)["params"]
+        assert all(torch.equal(p, s) != moves for p, s in zip(params, start)), steps
+
+
+def test_low_precision_checks():
+    run = low_precision_run(0, state_precision="8bit")
+    params = run["params"]
+    grads = [torch.ones_like(p) for p in params]
+    args = (params, grads, run["stored"]["exp_avgs"], run["stored"]["exp_avg_vars"])
+    with pytest.raises(ValueError, match="exp_avg_scales"):
+        adabelief_update(*args, step=1, lr=0.1, state_precision="8bit")
+    with pytest.raises(UnsupportedOptionError, match="AMSGrad"):
+        adabelief_update(*args, [torch.zeros_like(p) for p in params], step=1, lr=0.1, state_precision="8bit",
+                         **run["scales"])
+    with pytest.raises(ValueError, match="go with"):
+        adabelief_update([torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3)], step=1, lr=0.1,
+                         exp_avg_var_scales=[None])
+    assert all(torch.equal(p, q) for p, q in zip(params, low_precision_run(0)["params"]))  # nothing changed

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch.optim.nadam import nadam as torch_nadam
 
+import optkernels.adam
 from optkernels import nadam_update
+from optkernels.quantization import MIN_QUANTIZED_NUMEL, load_state, new_scales, new_state
 from tests.helpers import LAYOUTS, laid_out, same_layout_copy
 
 STEPS = 8
@@ -180,7 +182,7 @@ def _valid():
                 exp_avg_sqs=[torch.zeros(3), torch.zeros(2)], mu_products=[torch.tensor(1.0), torch.tensor(1.0)])
 
 
-@pytest.mark.parametrize(("change", "error", "pattern"), [
+BAD_INPUTS = [
     (dict(mu_products=[torch.tensor(1.0)]), ValueError, "mu_products has 1 tensors"),
     (dict(mu_products=[1.0, 1.0]), TypeError, r"mu_products\[0\] must be a Tensor"),
     (dict(mu_products=None), TypeError, "mu_products must be a list"),
@@ -188,7 +190,8 @@ def _valid():
     (dict(mu_products=[torch.tensor(1.0), torch.ones(2)]), ValueError, r"mu_products\[1\] must be a 1-element"),
     (dict(mu_products=[torch.tensor(1), torch.tensor(1)]), ValueError, r"mu_products\[0\] must be a 1-element real"),
     (dict(exp_avgs=[torch.zeros(3)]), ValueError, "exp_avgs has 1 tensors"),
-    (dict(exp_avg_sqs=[torch.zeros(3), torch.zeros(4)]), ValueError, r"exp_avg_sqs\[1\] has shape"),
+    (dict(exp_avg_sqs=[torch.zeros(3), torch.zeros(4)]), ValueError,
+     r"exp_avg_sqs\[1\] (has shape|must be a tensor of its param's shape)"),
     (dict(momentum_decay=-0.1), ValueError, "momentum_decay"),
     (dict(momentum_decay=math.nan), ValueError, "momentum_decay"),
     (dict(beta1=1.0), ValueError, "beta1"),
@@ -197,10 +200,14 @@ def _valid():
     (dict(lr=math.inf), ValueError, "lr"),
     (dict(step=0), ValueError, "step"),
     (dict(step=[1]), ValueError, "step has 1 values"),
-], ids=lambda value: None)
-def test_bad_inputs_raise_before_changing_anything(change, error, pattern):
+]
+
+
+@pytest.mark.parametrize("state_precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(("change", "error", "pattern"), BAD_INPUTS, ids=lambda value: None)
+def test_bad_inputs_raise_before_changing_anything(change, error, pattern, state_precision):
     arguments = _valid()
-    hparams = dict(step=1, lr=0.1)
+    hparams = dict(step=1, lr=0.1, state_precision=state_precision)
     for name, value in change.items():
         (arguments if name in arguments else hparams)[name] = value
     before = {name: [t.clone() if isinstance(t, torch.Tensor) else t for t in value]
@@ -209,3 +216,136 @@ def test_bad_inputs_raise_before_changing_anything(change, error, pattern):
         nadam_update(*arguments.values(), **hparams)
     for name, tensors in before.items():
         assert all(not isinstance(t, torch.Tensor) or torch.equal(t, t0) for t, t0 in zip(arguments[name], tensors))
+
+
+# --- low-precision state (state_precision="bf16" / "8bit", stochastic rounding of bf16 params) ---
+# Shapes: quantised (whole blocks), kept float (under 4096 elements), quantised with a partial block
+LOW_PRECISION_SHAPES = [(16, 256), (7, 5), (MIN_QUANTIZED_NUMEL + 3,)]
+LOW_PRECISION_CASES = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_precision="8bit"),
+                       "bf16-params-8bit": dict(state_precision="8bit", stochastic_rounding=True)}
+LR = HPARAMS["lr"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two that wait for each other on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def low_precision_run(steps=STEPS, *, state_precision="fp32", stochastic_rounding=False, bf16_params=False,
+                      upcast=False, float_state=False, products=None, **options):
+    """``steps`` calls from the same start on the same grads whatever the options. ``bf16_params``:
+    params and grads rounded to bf16 (``upcast``: then held in float32, the fp32 algorithm's run
+    from the same start); ``float_state``: float32 state whatever ``state_precision`` (nothing
+    rounded: the low-precision rule alone); ``products``: each param's mu_product to start from.
+    Returns the params, mu_products, the moments' float32 values, and the stored moments and scales."""
+    dtype = torch.bfloat16 if bf16_params else torch.float32
+    as_run = (lambda t: t.to(dtype).float()) if upcast else (lambda t: t.to(dtype))
+    generator = torch.Generator().manual_seed(0)
+    params = [as_run(torch.randn(shape, generator=generator)) for shape in LOW_PRECISION_SHAPES]
+    precision = "fp32" if float_state else state_precision
+    state = {name: [new_state(p, precision, stochastic_rounding=stochastic_rounding) for p in params]
+             for name in ("exp_avgs", "exp_avg_sqs")}
+    mu_products = [torch.tensor(value) for value in (products or [1.0] * len(params))]
+    scales = {}
+    if state_precision == "8bit":
+        scales = {f"{name[:-1]}_scales": [new_scales(s) for s in state[name]] for name in state}
+    for step in range(1, steps + 1):
+        generator = torch.Generator().manual_seed(100 + step)
+        grads = [as_run(torch.randn(p.shape, generator=generator)) for p in params]
+        nadam_update(params, grads, state["exp_avgs"], state["exp_avg_sqs"], mu_products, step=step,
+                     **{"lr": LR, **options}, state_precision=state_precision, stochastic_rounding=stochastic_rounding,
+                     seed=3, **scales)
+    values = {name: [load_state(s, scales[f"{name[:-1]}_scales"][i] if scales else None, signed=name == "exp_avgs")
+                     for i, s in enumerate(state[name])] for name in state}
+    return dict(params=params, mu_products=mu_products, **values, stored=state, scales=scales)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
+def test_low_precision_tracks_fp32(case, compiled, one_thread):
+    """8 steps of lr 0.01 against the fp32 kernel from the same start on the same grads: params
+    within a tenth of the distance they move (8 lr; bf16 params rounded stochastically also within
+    the bf16 spacing each step's rounding may add, 8 times 2^-7 |p|), the first moment within a
+    tenth of its largest value, mu_products equal."""
+    bf16_params = case.get("stochastic_rounding", False)
+    reference = low_precision_run(bf16_params=bf16_params, upcast=True)
+    ours = low_precision_run(bf16_params=bf16_params, compiled=compiled, **case)
+    rtol = STEPS * 2**-7 if bf16_params else 0
+    for index, (mine, theirs) in enumerate(zip(ours["params"], reference["params"])):
+        torch.testing.assert_close(mine.float(), theirs, rtol=rtol, atol=0.1 * STEPS * LR, msg=f"param {index}")
+    m = ours["exp_avgs"][0]
+    torch.testing.assert_close(m, reference["exp_avgs"][0], rtol=0, atol=0.1 * m.abs().max().item())
+    assert all(torch.equal(a, b) for a, b in zip(ours["mu_products"], reference["mu_products"]))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "inductor"])
+@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
+def test_low_precision_compiled_equals_eager(case, native, one_thread, monkeypatch):
+    """The same rule compiled (the native CPU kernel; ``inductor``: torch.compile's, as off CPU):
+    scales equal to rounding; codes equal but where a value sits on a rounding boundary (then the
+    next code: at under 1% of the elements); bf16 moments one bf16 step apart at under 1% of the
+    elements (stochastic rounding of a value one float32 ulp apart); float32 state to rounding,
+    params too but at under 1% of the elements (there, within a bf16 step per step taken)."""
+    if not native:
+        monkeypatch.setattr(optkernels.adam, "native_low_precision_steps", lambda lists, **scalars: lists)
+    bf16_params = case.get("stochastic_rounding", False)
+    eager = low_precision_run(bf16_params=bf16_params, **case)
+    compiled = low_precision_run(bf16_params=bf16_params, compiled=True, **case)
+    for name, scales in eager["scales"].items():
+        for mine, theirs in zip(compiled["scales"][name], scales):
+            torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=0)
+    for name in ("exp_avgs", "exp_avg_sqs"):
+        for mine, theirs in zip(compiled["stored"][name], eager["stored"][name]):
+            if theirs.dtype == torch.float32:
+                torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7, msg=name)
+                continue
+            assert (mine != theirs).float().mean() < 0.01, name
+            if theirs.dtype == torch.uint8:  # e4m3 codes as signed indices, monotone in the value
+                index = lambda codes: torch.where(codes >= 0x80, 0x80 - codes.int(), codes.int())
+                assert (index(mine) - index(theirs)).abs().max() <= 1, name
+            else:
+                torch.testing.assert_close(mine.float(), theirs.float(), rtol=2**-7, atol=0, msg=name)
+    for mine, theirs in zip(compiled["params"], eager["params"]):
+        # beyond rounding only where an earlier step's code or bf16 value took its neighbour
+        apart = (mine.float() - theirs.float()).abs() > 1e-5 * theirs.float().abs() + 1e-6
+        assert apart.float().mean() < 0.01
+        torch.testing.assert_close(mine.float(), theirs.float(), rtol=STEPS * 2**-7, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(compiled["mu_products"], eager["mu_products"]))
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("decay", [{}, dict(weight_decay=0.01), dict(param_scale=1 - LR * 0.01)],
+                         ids=["no-decay", "coupled", "decoupled"])
+def test_low_precision_rule_with_float_state_equals_the_fp32_kernel(decay, compiled, one_thread):
+    """The low-precision rule with float32 state (nothing rounded) is the fp32 kernel's update to
+    rounding, mu_products equal; params that start from different mu_products (so different step
+    sizes in one call) included; coupled decay and NAdamW's decoupled decay."""
+    products = [1.0, 0.5, 1.0]
+    reference = low_precision_run(products=products, **HPARAMS, **decay)
+    ours = low_precision_run(products=products, state_precision="8bit", float_state=True, compiled=compiled,
+                             **HPARAMS, **decay)
+    for name in ("params", "exp_avgs", "exp_avg_sqs"):
+        for mine, theirs in zip(ours[name], reference[name]):
+            torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6, msg=name)
+    assert all(torch.equal(a, b) for a, b in zip(ours["mu_products"], reference["mu_products"]))
+
+
+def test_low_precision_checks():
+    run = low_precision_run(0, state_precision="8bit")
+    params, mu_products = run["params"], run["mu_products"]
+    args = (params, [torch.ones_like(p) for p in params], run["stored"]["exp_avgs"], run["stored"]["exp_avg_sqs"],
+            mu_products)
+    with pytest.raises(ValueError, match="exp_avg_scales"):
+        nadam_update(*args, step=1, lr=0.1, state_precision="8bit")
+    with pytest.raises(ValueError, match="state_precision"):
+        nadam_update(*args, step=1, lr=0.1, state_precision="int4")
+    with pytest.raises(ValueError, match="go with"):
+        nadam_update(*args, step=1, lr=0.1, exp_avg_sq_scales=[None] * len(params))
+    with pytest.raises(TypeError, match="seed"):
+        nadam_update(*args, step=1, lr=0.1, state_precision="8bit", seed=-1, **run["scales"])
+    assert all(torch.equal(p, q) for p, q in zip(params, low_precision_run(0)["params"]))  # nothing changed
+    assert all(product.item() == 1.0 for product in mu_products)

@@ -18,6 +18,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from optkernels import UnsupportedOptionError
+from optkernels.quantization import dequantize_blockwise, quantize_blockwise
 from tests.helpers import laid_out, same_layout_copy
 from tests.reference import ADABELIEF_DECAY_MODES, adabelief_reference
 from wrappers import AdaBelief
@@ -303,3 +305,115 @@ def test_official_checkpoint_continues_as_official(amsgrad, rectify, decay):
     ours = AdaBelief(param_groups(our_params), **options(amsgrad, rectify, True, decay))
     ours.load_state_dict(checkpoint)
     run_side_by_side(ours, theirs, our_params, their_params, maximize=False, steps=range(5, STEPS + 1))
+
+
+# --- low-precision state (state_precision, stochastic_rounding) ---------------------------------
+LOW_PRECISION_CASES = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_precision="8bit"),
+                       "bf16-params-8bit": dict(state_precision="8bit", stochastic_rounding=True,
+                                                dtype=torch.bfloat16)}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two that wait for each other on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def low_precision_stepped(steps=8, *, dtype=torch.float32, **options):
+    """A quantised (64x80) and a small param (kept float in 8-bit), ``steps`` steps of lr 0.01
+    (rectified by default: 5 SGD-like steps, then adaptive), the same grads whatever the options."""
+    params = [torch.nn.Parameter(torch.randn(64, 80, generator=torch.Generator().manual_seed(0)).to(dtype)),
+              torch.nn.Parameter(torch.randn(10, generator=torch.Generator().manual_seed(1)).to(dtype))]
+    optimizer = AdaBelief(params, lr=1e-2, **options)
+    for step in range(steps):
+        generator = torch.Generator().manual_seed(10 + step)
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator).to(dtype)
+        optimizer.step()
+    return params, optimizer
+
+
+def test_low_precision_state_keys_and_dtypes(one_thread):
+    params, optimizer = low_precision_stepped(2, state_precision="8bit")
+    big, small = (optimizer.state[p] for p in params)
+    assert list(big) == ["step", "exp_avg", "exp_avg_var", "exp_avg_scale", "exp_avg_var_scale"]
+    assert big["exp_avg_var"].dtype == torch.uint8 and big["exp_avg_var_scale"].shape == (20,)
+    assert small["exp_avg_var"].dtype == torch.float32 and small["exp_avg_var_scale"].numel() == 0
+    params, optimizer = low_precision_stepped(2, state_precision="bf16")
+    assert list(optimizer.state[params[0]]) == ["step", "exp_avg", "exp_avg_var"]
+    assert optimizer.state[params[0]]["exp_avg_var"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("schedule", [{}, dict(degenerated_to_sgd=False), dict(rectify=False)],
+                         ids=["rectified", "no-sgd-warmup", "unrectified"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_low_precision_float_state_follows_the_fp32_optimizer(compiled, schedule, one_thread):
+    """In 8-bit, the small param keeps float32 state: the low-precision rule alone, equal to the
+    fp32 optimizer's step to rounding at every step (the SGD-like ones, none without
+    degenerated_to_sgd, the adaptive ones; decoupled decay); the quantised param within a tenth
+    of the distance it moves (8 lr)."""
+    for steps in range(1, 9):
+        reference, _ = low_precision_stepped(steps, weight_decay=0.1, **schedule)
+        ours, _ = low_precision_stepped(steps, weight_decay=0.1, state_precision="8bit", compiled=compiled, **schedule)
+        assert_close(ours[1], reference[1], rtol=1e-6, atol=1e-6, msg=f"step {steps}")
+    assert_close(ours[0], reference[0], rtol=0, atol=0.1 * 8 * 1e-2)
+    if schedule.get("degenerated_to_sgd") is False:  # no update for 5 steps beyond the decay
+        start, _ = low_precision_stepped(0)
+        moved, _ = low_precision_stepped(5, state_precision="8bit", compiled=compiled, **schedule)
+        assert all(torch.equal(p, s) for p, s in zip(moved, start))
+
+
+@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
+def test_low_precision_compiled_equals_eager(case, one_thread):
+    """compiled=True takes the same steps: params equal but at under 1% of the elements, where a
+    code or a stochastically rounded value took its neighbour at some step (there within a bf16
+    step per step taken), moments likewise."""
+    eager, eager_optimizer = low_precision_stepped(**case)
+    compiled, compiled_optimizer = low_precision_stepped(compiled=True, **case)
+    for mine, theirs in zip(compiled, eager):
+        apart = (mine.float() - theirs.float()).abs() > 1e-5 * theirs.float().abs() + 1e-6
+        assert apart.float().mean() < 0.01
+        assert_close(mine.float(), theirs.float(), rtol=8 * 2**-7, atol=0)
+    for mine, theirs in zip(compiled, eager):
+        a, b = compiled_optimizer.state[mine], eager_optimizer.state[theirs]
+        assert list(a) == list(b)
+        for name in ("exp_avg", "exp_avg_var"):
+            assert a[name].dtype == b[name].dtype and (a[name] != b[name]).float().mean() < 0.01, name
+
+
+def test_low_precision_checkpoints_cross_precisions(one_thread):
+    """Our fp32 AdaBelief's checkpoint loads into 8-bit (quantised, s_t square-root compressed) and
+    the 8-bit one back into fp32 (dequantised); both step on."""
+    params, fp32 = low_precision_stepped(3)
+    low = AdaBelief([torch.nn.Parameter(p.detach().clone()) for p in params], lr=1e-2, state_precision="8bit")
+    low.load_state_dict(copy.deepcopy(fp32.state_dict()))
+    big = low.state[low.param_groups[0]["params"][0]]
+    codes, scales = quantize_blockwise(fp32.state[params[0]]["exp_avg_var"], signed=False)
+    assert torch.equal(big["exp_avg_var"], codes) and torch.equal(big["exp_avg_var_scale"], scales)
+    assert low.state[low.param_groups[0]["params"][1]]["exp_avg_var"].dtype == torch.float32
+    back = AdaBelief([torch.nn.Parameter(p.detach().clone()) for p in params], lr=1e-2)
+    back.load_state_dict(copy.deepcopy(low.state_dict()))
+    restored = back.state[back.param_groups[0]["params"][0]]
+    assert list(restored) == ["step", "exp_avg", "exp_avg_var"] and restored["exp_avg_var"].dtype == torch.float32
+    assert torch.equal(restored["exp_avg_var"], dequantize_blockwise(codes, scales, signed=False))
+    for optimizer in (low, back):
+        for param in optimizer.param_groups[0]["params"]:
+            param.grad = torch.ones_like(param)
+        optimizer.step()
+        assert optimizer.state[optimizer.param_groups[0]["params"][0]]["step"] == 4
+
+
+def test_low_precision_options_are_checked():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(UnsupportedOptionError, match="amsgrad"):
+        AdaBelief(params, amsgrad=True, state_precision="bf16")
+    with pytest.raises(UnsupportedOptionError, match="flat"):
+        AdaBelief(params, state_precision="8bit", flat=True)
+    with pytest.raises(ValueError, match="state_precision"):
+        AdaBelief(params, state_precision="fp8")
+    _, optimizer = low_precision_stepped(1, state_precision="bf16", stochastic_rounding=True, seed=5)
+    clone = copy.deepcopy(optimizer)
+    assert (clone.state_precision, clone.stochastic_rounding, clone.seed) == ("bf16", True, 5)

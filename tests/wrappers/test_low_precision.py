@@ -1,6 +1,7 @@
 """``wrappers.Adam`` / ``AdamW`` with ``state_precision`` and ``stochastic_rounding``: a small
-model trains to fp32 Adam's loss, state keys and bytes are as documented, and checkpoints cross
-precisions (quantised on load, dequantised on load)."""
+model trains to fp32 Adam's loss (RAdam, NAdam and AdaBelief to their own fp32 loss), state keys
+and bytes are as documented, and checkpoints cross precisions (quantised on load, dequantised on
+load)."""
 
 import copy
 import pickle
@@ -43,13 +44,19 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def fp32_losses(one_thread):
-    return {cls: _train(cls=cls)[0] for cls in (wrappers.AdamW, wrappers.RAdam)}
+    return {cls: _train(cls=cls)[0] for cls in (wrappers.AdamW, wrappers.RAdam, wrappers.NAdam, wrappers.AdaBelief)}
 
 
 @pytest.mark.parametrize("case", [dict(state_precision="8bit"), dict(state_precision="bf16"),
                                   dict(state_precision="8bit", stochastic_rounding=True, dtype=torch.bfloat16),
-                                  dict(state_precision="8bit", cls=wrappers.RAdam)],
-                         ids=["8bit", "bf16", "bf16-params-8bit", "radam-8bit"])
+                                  dict(state_precision="8bit", cls=wrappers.RAdam),
+                                  *(dict(case, cls=cls) for cls in (wrappers.NAdam, wrappers.AdaBelief)
+                                    for case in (dict(state_precision="8bit"), dict(state_precision="bf16"),
+                                                 dict(state_precision="8bit", stochastic_rounding=True,
+                                                      dtype=torch.bfloat16)))],
+                         ids=["8bit", "bf16", "bf16-params-8bit", "radam-8bit",
+                              *(f"{name}-{case}" for name in ("nadam", "adabelief")
+                                for case in ("8bit", "bf16", "bf16-params-8bit"))])
 def test_trains_to_fp32_loss(case, fp32_losses, one_thread):
     loss, _ = _train(**case)
     fp32_loss = fp32_losses[case.get("cls", wrappers.AdamW)]

@@ -17,6 +17,7 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 
 import wrappers
 from optkernels import UnsupportedOptionError
+from optkernels.quantization import dequantize_blockwise, quantize_blockwise
 
 EXACT = dict(rtol=0, atol=0)
 NAMES = ["NAdam", "Adamax"]
@@ -306,3 +307,113 @@ def test_a_failing_step_changes_nothing_in_any_group(name, case):
     for key, entries in state_before.items():
         assert all(torch.equal(v, state_after[key][k]) for k, v in entries.items())
     assert all(torch.equal(a, b) for a, b in zip(params_after, params_before))
+
+
+# --- low-precision state (NAdam's state_precision, stochastic_rounding) --------------------------
+LOW_PRECISION_CASES = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_precision="8bit"),
+                       "bf16-params-8bit": dict(state_precision="8bit", stochastic_rounding=True,
+                                                dtype=torch.bfloat16)}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two that wait for each other on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def low_precision_stepped(steps=8, *, dtype=torch.float32, cls=wrappers.NAdam, **options):
+    """A quantised (64x80) and a small param (kept float in 8-bit), ``steps`` steps of lr 0.01 on
+    the same grads whatever the options."""
+    params = [torch.nn.Parameter(torch.randn(64, 80, generator=torch.Generator().manual_seed(0)).to(dtype)),
+              torch.nn.Parameter(torch.randn(10, generator=torch.Generator().manual_seed(1)).to(dtype))]
+    optimizer = cls(params, lr=1e-2, **options)
+    for step in range(steps):
+        generator = torch.Generator().manual_seed(10 + step)
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator).to(dtype)
+        optimizer.step()
+    return params, optimizer
+
+
+def test_low_precision_state_keys_and_dtypes(one_thread):
+    params, optimizer = low_precision_stepped(2, state_precision="8bit")
+    big, small = (optimizer.state[p] for p in params)
+    assert list(big) == ["step", "mu_product", "exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"]
+    assert big["exp_avg"].dtype == torch.uint8 and big["exp_avg_scale"].shape == (20,)
+    assert big["mu_product"].dtype == torch.float32 and big["mu_product"].dim() == 0
+    assert small["exp_avg"].dtype == torch.float32 and small["exp_avg_scale"].numel() == 0
+    params, optimizer = low_precision_stepped(2, state_precision="bf16")
+    assert list(optimizer.state[params[0]]) == ["step", "mu_product", "exp_avg", "exp_avg_sq"]
+    assert optimizer.state[params[0]]["exp_avg_sq"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("decay", [{}, dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled_weight_decay=True)],
+                         ids=["no-decay", "coupled", "decoupled"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_low_precision_follows_torch(compiled, decay, one_thread):
+    """Against torch.optim.NAdam: in 8-bit the small param keeps float32 state (the low-precision
+    rule alone), equal to rounding; the quantised one within a tenth of the distance it moves
+    (8 lr); mu_product equal."""
+    reference, torch_optimizer = low_precision_stepped(cls=torch.optim.NAdam, foreach=True, **decay)
+    ours, optimizer = low_precision_stepped(state_precision="8bit", compiled=compiled, **decay)
+    torch.testing.assert_close(ours[1], reference[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours[0], reference[0], rtol=0, atol=0.1 * 8 * 1e-2)
+    for mine, theirs in zip(ours, reference):
+        assert torch.equal(optimizer.state[mine]["mu_product"], torch_optimizer.state[theirs]["mu_product"])
+
+
+@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
+def test_low_precision_compiled_equals_eager(case, one_thread):
+    """compiled=True takes the same steps: params equal but at under 1% of the elements, where a
+    code or a stochastically rounded value took its neighbour at some step (there within a bf16
+    step per step taken), moments likewise."""
+    eager, eager_optimizer = low_precision_stepped(**case)
+    compiled, compiled_optimizer = low_precision_stepped(compiled=True, **case)
+    for mine, theirs in zip(compiled, eager):
+        apart = (mine.float() - theirs.float()).abs() > 1e-5 * theirs.float().abs() + 1e-6
+        assert apart.float().mean() < 0.01
+        torch.testing.assert_close(mine.float(), theirs.float(), rtol=8 * 2**-7, atol=0)
+    for mine, theirs in zip(compiled, eager):
+        a, b = compiled_optimizer.state[mine], eager_optimizer.state[theirs]
+        assert list(a) == list(b)
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert a[name].dtype == b[name].dtype and (a[name] != b[name]).float().mean() < 0.01, name
+
+
+def test_low_precision_checkpoints_cross_precisions_with_torch(one_thread):
+    """torch.optim.NAdam's checkpoint loads into 8-bit (quantised) and the 8-bit one back into
+    torch.optim.NAdam through an fp32 wrapper (dequantised); all step on."""
+    params, reference = low_precision_stepped(3, cls=torch.optim.NAdam)
+    low = wrappers.NAdam(clone_params(params), lr=1e-2, state_precision="8bit")
+    low.load_state_dict(through_disk(reference.state_dict()))
+    big = low.state[low.param_groups[0]["params"][0]]
+    codes, scales = quantize_blockwise(reference.state[params[0]]["exp_avg"])
+    assert torch.equal(big["exp_avg"], codes) and torch.equal(big["exp_avg_scale"], scales)
+    assert torch.equal(big["mu_product"], reference.state[params[0]]["mu_product"])
+    assert low.state[low.param_groups[0]["params"][1]]["exp_avg"].dtype == torch.float32
+    back = wrappers.NAdam(clone_params(params), lr=1e-2)
+    back.load_state_dict(through_disk(low.state_dict()))  # dequantised
+    restored = back.state[back.param_groups[0]["params"][0]]
+    assert list(restored) == ["step", "mu_product", "exp_avg", "exp_avg_sq"]
+    assert torch.equal(restored["exp_avg"], dequantize_blockwise(codes, scales))
+    again = torch.optim.NAdam(clone_params(params), lr=1e-2)
+    again.load_state_dict(through_disk(back.state_dict()))  # torch's own class takes it
+    for optimizer in (low, back, again):
+        for param in optimizer.param_groups[0]["params"]:
+            param.grad = torch.ones_like(param)
+        optimizer.step()
+        assert optimizer.state[optimizer.param_groups[0]["params"][0]]["step"] == 4
+
+
+def test_low_precision_options_are_checked():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(UnsupportedOptionError, match="flat"):
+        wrappers.NAdam(params, state_precision="8bit", flat=True)
+    with pytest.raises(ValueError, match="state_precision"):
+        wrappers.NAdam(params, state_precision="fp8")
+    _, optimizer = low_precision_stepped(1, state_precision="bf16", stochastic_rounding=True, seed=5)
+    clone = copy.deepcopy(optimizer)
+    assert (clone.state_precision, clone.stochastic_rounding, clone.seed) == ("bf16", True, 5)

@@ -45,4 +45,5 @@ def test_adabelief_signature_is_the_designs():
                   maximize=False, flat=False, compiled=False):
         pass
 
-    assert _parameters(wrappers.AdaBelief) == _parameters(adabelief)
+    # the design's, then our mode switches and the low-precision options every such class takes
+    assert _parameters(wrappers.AdaBelief) == _parameters(adabelief) + LOW_PRECISION_SWITCHES
