@@ -43,8 +43,7 @@ class AdamOptions(ctypes.Structure):
     _fields_ = [(name, ctypes.c_float) for name in (
         "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "step_size", "grad_step_size",
         "rsqrt_bias_correction2", "grad_decay", "param_factor")] + [(name, ctypes.c_int32) for name in (
-            "negate", "decays_grad", "threads")] + [(name, ctypes.c_uint32) for name in (
-                "key_exp_avg", "key_exp_avg_sq", "key_param")]
+            "negate", "decays_grad", "threads")] + [(name, ctypes.c_uint32) for name in ("key_moments", "key_param")]
 
 
 def _compiler() -> str | None:

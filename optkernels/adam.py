@@ -10,8 +10,8 @@ from ._math import bias_correction, grouped, prepared_grads, rsqrt, scale_, temp
 from ._validation import (UnsupportedOptionError, check_beta, check_eps, check_finite, check_flag, check_lr,
                           check_nonnegative, check_tensor_lists, optional_list, step_values)
 from ._native import AdamOptions, library, threads
-from .quantization import (STREAMS, as_rows, check_low_precision_state, check_state_precision, in_rows,
-                           load_state, quantized, random_key, store_param, store_state)
+from .quantization import (CODE_DTYPE, STREAMS, as_rows, check_low_precision_state, check_state_precision, halves,
+                           in_rows, load_state, quantized, random_key, random_words, store_param, store_state)
 
 
 def adam_update(
@@ -261,9 +261,13 @@ def adam_low_precision_rule(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp
         p = p - m_param / (v_param.sqrt() * rsqrt_bias_correction2 + eps) * step_size
     # the param first: compiled, its pass then reads the old codes, before they are rewritten
     store_param(param, p, stochastic_rounding=stochastic_rounding, seed=seed, step=step)
-    store_state(exp_avg, exp_avg_scale, m, signed=True, seed=seed, step=step, stream=STREAMS["exp_avg"])
-    store_state(exp_avg_sq, exp_avg_sq_scale, v, signed=False, seed=seed, step=step,
-                stream=STREAMS["exp_avg_sq"])
+    if exp_avg.dtype in (torch.bfloat16, CODE_DTYPE):  # rounded stochastically: one word per element
+        random_m, random_v = halves(random_words(m.numel(), seed=seed, step=step, stream=STREAMS["moments"],
+                                                 device=m.device).view(m.shape))
+    else:
+        random_m = random_v = None
+    store_state(exp_avg, exp_avg_scale, m, signed=True, random=random_m)
+    store_state(exp_avg_sq, exp_avg_sq_scale, v, signed=False, random=random_v)
 
 
 # Inductor stores an intermediate (a dequantised moment, the new param) to a buffer of the tensor's
@@ -298,8 +302,7 @@ def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bia
         rsqrt_bias_correction2=rsqrt_bias_correction2, grad_decay=grad_decay or 0.0,
         param_factor=1.0 if param_factor is None else param_factor,  # times 1: exact
         negate=negate, decays_grad=grad_decay is not None,
-        key_exp_avg=random_key(seed, t, STREAMS["exp_avg"]),
-        key_exp_avg_sq=random_key(seed, t, STREAMS["exp_avg_sq"]), key_param=random_key(seed, t, STREAMS["param"]))
+        key_moments=random_key(seed, t, STREAMS["moments"]), key_param=random_key(seed, t, STREAMS["param"]))
     left = [[] for _ in lists]
     for tensors in zip(*lists):
         param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale = tensors

@@ -124,3 +124,14 @@ def assert_low_precision_close(mine, theirs, what, *, param=False):
         assert_close(mine.float(), theirs.float(), rtol=2**-6, atol=1e-2, msg=what)
     else:
         assert ((mine.view(as_int).int() - theirs.view(as_int).int()).abs()[differ] <= 2).all(), what
+
+
+# How far low-precision params may end from fp32's after a few steps, as a share of the distance
+# they move: a code rounded stochastically is within one step of e4m3 of its value (1/8 relative)
+# in m and in sqrt(v), so an update is off by at most ~28 %; bf16 state by 2^-8 relative.
+LOW_PRECISION_TRACKING = {"bf16": 0.1, "8bit": 0.25}
+# The first moment, as a share of its largest value. 8-bit: each step's code is within one e4m3
+# step of its value, at most 32/448 = 1/14 of the block's largest; rounded stochastically, the
+# errors of successive steps add as a random walk that decays by beta1 (0.9: sqrt(sum 0.81^k) =
+# 2.3 of them), about 0.16.
+FIRST_MOMENT_TRACKING = {"bf16": 0.1, "8bit": 0.2}

@@ -230,14 +230,17 @@ def _e4m3_table() -> list[tuple[float, int]]:
     return table
 
 
-def quantize_blockwise_reference(x: Tensor, *, signed: bool = True, block_size: int = 256) -> tuple[Tensor, Tensor]:
+def quantize_blockwise_reference(x: Tensor, *, signed: bool = True, block_size: int = 256,
+                                 random: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``optkernels.quantization.quantize_blockwise`` one element at a time: per block of
     ``block_size`` elements (row-major) the float32 scale ``absmax / 448`` of ``x`` (or of
-    ``sqrt(x)`` when not ``signed``), then each element's byte is the nearest e4m3 value to
-    ``y * (1 / scale)`` (float32), ties to the even byte, found by searching the table."""
+    ``sqrt(x)`` when not ``signed``), then each element's byte is the e4m3 value for
+    ``y * (1 / scale)`` (float32), found by searching the table: the nearest, ties to the even
+    byte; or, with ``random`` (16-bit ints of ``x``'s shape), stochastically (:func:`_stochastic`)."""
     table = sorted(_e4m3_table())  # by value; the two zeros (+0 and -0) sit side by side
     values_only = [value for value, _ in table]
     flat = x.detach().reshape(-1).float()
+    draws = None if random is None else random.reshape(-1).tolist()
     codes, scales = [], []
     for start in range(0, flat.numel(), block_size):
         block = flat[start:start + block_size]
@@ -245,16 +248,40 @@ def quantize_blockwise_reference(x: Tensor, *, signed: bool = True, block_size: 
         absmax = max((abs(v.item()) for v in values), default=0.0)
         scale = torch.tensor(absmax, dtype=torch.float32) / 448
         scales.append(scale.item())
-        for value in values:
+        for offset, value in enumerate(values):
             # times the float32 reciprocal of the scale; a block of zeros keeps its signs
             y = (value * (1 / (scale if absmax > 0 else torch.tensor(1.0)))).item()
+            y = max(-448.0, min(448.0, y))  # y lies within [-448, 448] but for rounding of the scale
+            if draws is not None:
+                codes.append(_stochastic(y, draws[start + offset], table))
+                continue
             if abs(y) <= 2.0**-10:  # rounds to a zero (a tie goes to the even code): the one of y's sign
                 codes.append(0x80 if math.copysign(1.0, y) < 0 else 0x00)
                 continue
-            # the nearest value (y lies within [-448, 448] but for rounding of the scale: clamp)
-            here = bisect.bisect_left(values_only, max(-448.0, min(448.0, y)))
+            here = bisect.bisect_left(values_only, y)
             neighbours = [table[i] for i in (here - 1, here) if 0 <= i < len(table)]
             best = min(neighbours, key=lambda entry: (abs(entry[0] - y), entry[1] & 1))  # ties to even
             codes.append(best[1])
     return (torch.tensor(codes, dtype=torch.uint8).view(x.shape),
             torch.tensor(scales, dtype=torch.float32))
+
+
+def _stochastic(y: float, draw: int, table: list[tuple[float, int]]) -> int:
+    """The byte of |y| rounded stochastically onto the e4m3 grid, with y's sign: between the
+    neighbours below and above, up where ``frac + draw / 2**16 >= 1``, ``frac`` the distance from
+    the one below over the gap (exact in float64). Below 2**-6 (the subnormal codes, multiples of
+    2**-9) the scheme rounds the float32 sum ``|y| + 2**-6`` so, then takes 2**-6 off."""
+    magnitude, offset = abs(y), 0.0
+    if magnitude < 2.0**-6:
+        offset = 2.0**-6
+        magnitude = (torch.tensor(magnitude, dtype=torch.float32) + offset).item()
+    grid = sorted(value for value, _ in table if value >= 0)
+    below = max(value for value in grid if value <= magnitude)
+    if magnitude == below:
+        rounded = below
+    else:
+        above = min(value for value in grid if value > magnitude)
+        frac = (magnitude - below) / (above - below)
+        rounded = above if frac * 2**16 + draw >= 2**16 else below
+    byte = next(byte for value, byte in table if value == rounded - offset and not byte & 0x80)
+    return byte | (0x80 if math.copysign(1.0, y) < 0 else 0)

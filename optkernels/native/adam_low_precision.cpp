@@ -4,9 +4,9 @@
 //
 // The numbers are those of the rule in optkernels/adam.py, op for op in float32, with no fused
 // multiply-add (built with -ffp-contract=off, as inductor builds the compiled rule); the codes
-// those of optkernels.quantization's quantiser (the e4m3 cast rounds to nearest, ties to even);
-// the stochastic rounding's bits those of optkernels.quantization.random_bits. The tests check
-// all three against the Python functions.
+// those of optkernels.quantization's quantiser (quantize_blockwise, rounding stochastically); the
+// random bits those of optkernels.quantization.random_words. The tests check all three against
+// the Python functions, and the whole against the rule compiled by torch.compile, bit for bit.
 //
 // A tensor is read in blocks of 256 elements (the quantiser's blocks): each block's new moments
 // stay in a stack buffer until its absmax is known, then are encoded, so the codes are read and
@@ -41,7 +41,7 @@ struct Options {
   float one_minus_beta1, beta2, one_minus_beta2, eps, step_size, grad_step_size, rsqrt_bias_correction2,
       grad_decay, param_factor;
   int32_t negate, decays_grad, threads;
-  uint32_t key_exp_avg, key_exp_avg_sq, key_param;
+  uint32_t key_moments, key_param;
 };
 
 inline uint32_t bits_of(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
@@ -53,14 +53,14 @@ inline float pick(uint32_t mask, float if_set, float otherwise) {
   return float_of((bits_of(if_set) & mask) | (bits_of(otherwise) & ~mask));
 }
 
-// optkernels.quantization.random_bits, element `index` of the call with `key`
-inline uint32_t random_bits(uint32_t index, uint32_t key) {
+// optkernels.quantization.random_words, element `index` of the call with `key`
+inline uint32_t random_word(uint32_t index, uint32_t key) {
   uint32_t h = index * 0x7FEB352Du + key;
   h ^= h >> 16;
   h *= 0x5BD1E995u;
   h ^= h >> 15;
   h *= 0x27D4EB2Du;
-  return (h ^ (h >> 16)) & 0xFFFFu;
+  return h ^ (h >> 16);
 }
 
 inline float bf16_value(uint16_t b) { return float_of(uint32_t(b) << 16); }
@@ -82,32 +82,18 @@ inline float e4m3_value(uint8_t code) {
   return float_of(bits_of(value) | (uint32_t(code & 0x80u) << 24));
 }
 
-// non-negative value on the e4m3 grid -> its code: a subnormal k * 2**-9 plus 2**-6 is the normal
-// 2**-6 * (1 + k/8), whose float32 bits, rebiased, are the code's exponent 1 and mantissa k
-inline uint8_t e4m3_bits(float on_grid) {
-  const uint32_t subnormal = bits_of(on_grid) < 0x3C800000u ? ~0u : 0u;
-  const uint32_t shifted = bits_of(on_grid + float_of(subnormal & 0x3C800000u));
-  return uint8_t((shifted - (120u << 23) - (subnormal & (1u << 23))) >> 20);
-}
-
-// x (|x| <= 448, up to rounding) -> e4m3 code, rounded to nearest, ties to even: torch's cast to
-// float8_e4m3fn. First onto the e4m3 grid in float32: adding c, a power of two 2**20 times x's
-// (or 2**-6's, for subnormals), rounds x to c's ulp, the grid's spacing there, and subtracting it
-// is exact; then the bits. A value a rounding over 448 (the block's absmax times the reciprocal
-// of absmax/448) lands on 448, as torch's clamp then cast does.
-inline uint8_t e4m3_code(float x) {
-  const uint32_t exponent = bits_of(x) & 0x7F800000u;
-  const float magic = float_of((exponent > 0x3C800000u ? exponent : 0x3C800000u) + (20u << 23));
+// x (|x| <= 448, up to a rounding) -> e4m3 code, rounded stochastically with `random` (16 bits):
+// optkernels.quantization.e4m3_stochastic. Normal values: the random bits added below the float32
+// pattern's top 3 mantissa bits, which are then kept; subnormal ones (codes: multiples of 2**-9,
+// the spacing of the normal codes in [2**-6, 2**-5)): |x| + 2**-6 rounded so, less 8 (the code of
+// 2**-6). A value a rounding over 448 (the block's absmax times the reciprocal of absmax/448)
+// keeps the code of 448, as a clamp to 448 would.
+inline uint8_t e4m3_stochastic(float x, uint32_t random) {
   const float magnitude = float_of(bits_of(x) & 0x7FFFFFFFu);
-  const float on_grid = (magnitude + magic) - magic;
-  return e4m3_bits(on_grid) | uint8_t((bits_of(x) >> 24) & 0x80u);
-}
-
-// e4m3_code of an x >= 0 (the second moment's square root)
-inline uint8_t e4m3_code_unsigned(float x) {
-  const uint32_t exponent = bits_of(x) & 0x7F800000u;
-  const float magic = float_of((exponent > 0x3C800000u ? exponent : 0x3C800000u) + (20u << 23));
-  return e4m3_bits((x + magic) - magic);
+  const uint32_t subnormal = magnitude < 0x1p-6f ? ~0u : 0u;
+  const float shifted = pick(subnormal, magnitude + 0x1p-6f, magnitude);
+  const uint32_t code = ((bits_of(shifted) + (random << 4)) >> 20) - (120u << 3) - (subnormal & 8u);
+  return uint8_t(code | ((bits_of(x) >> 24) & 0x80u));
 }
 
 #if PARAM_STORAGE == 0
@@ -136,8 +122,8 @@ void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict g
               rsqrt_bias_correction2 = o.rsqrt_bias_correction2, grad_decay = o.grad_decay,
               param_factor = o.param_factor;
   const uint32_t sign_flip = o.negate ? 0x80000000u : 0u, decays_grad = o.decays_grad ? 0xFFFFFFFFu : 0u;
-  const uint32_t key_exp_avg = o.key_exp_avg, key_exp_avg_sq = o.key_exp_avg_sq, key_param = o.key_param;
-  (void)grad_step_size, (void)rsqrt_bias_correction2, (void)key_exp_avg, (void)key_exp_avg_sq, (void)key_param;
+  const uint32_t key_moments = o.key_moments, key_param = o.key_param;
+  (void)grad_step_size, (void)rsqrt_bias_correction2, (void)key_moments, (void)key_param;
   float new_exp_avg[kBlock], new_root[kBlock];  // m_t and sqrt(v_t), quantised once the block is done
   float exp_avg_scale_old = 0.0f, exp_avg_sq_scale_old = 0.0f;
 #if STATE_STORAGE == 2
@@ -183,7 +169,7 @@ void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict g
 #elif PARAM_STORAGE == 1
     param[i] = bf16_nearest(p);
 #else
-    param[i] = bf16_stochastic(p, random_bits(uint32_t(i), key_param));
+    param[i] = bf16_stochastic(p, random_word(uint32_t(i), key_param) & 0xFFFFu);
 #endif
 #if STATE_STORAGE == 2
     new_exp_avg[j] = m;
@@ -193,8 +179,9 @@ void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict g
     exp_avg_absmax_bits = exp_avg_magnitude > exp_avg_absmax_bits ? exp_avg_magnitude : exp_avg_absmax_bits;
     root_absmax_bits = root_magnitude > root_absmax_bits ? root_magnitude : root_absmax_bits;
 #elif STATE_STORAGE == 1
-    exp_avg[i] = bf16_stochastic(m, random_bits(uint32_t(i), key_exp_avg));
-    exp_avg_sq[i] = bf16_stochastic(v, random_bits(uint32_t(i), key_exp_avg_sq));
+    const uint32_t word = random_word(uint32_t(i), key_moments);  // low half: m_t's, high half: v_t's
+    exp_avg[i] = bf16_stochastic(m, word & 0xFFFFu);
+    exp_avg_sq[i] = bf16_stochastic(v, word >> 16);
 #else
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
@@ -209,8 +196,9 @@ void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict g
   uint8_t* __restrict exp_avg_codes = exp_avg + start;
   uint8_t* __restrict exp_avg_sq_codes = exp_avg_sq + start;
   for (int64_t j = 0; j < count; ++j) {
-    exp_avg_codes[j] = e4m3_code(new_exp_avg[j] * exp_avg_inverse);
-    exp_avg_sq_codes[j] = e4m3_code_unsigned(new_root[j] * root_inverse);
+    const uint32_t word = random_word(uint32_t(start + j), key_moments);  // low half: m_t's, high half: v_t's
+    exp_avg_codes[j] = e4m3_stochastic(new_exp_avg[j] * exp_avg_inverse, word & 0xFFFFu);
+    exp_avg_sq_codes[j] = e4m3_stochastic(new_root[j] * root_inverse, word >> 16);
   }
   exp_avg_scale[start / kBlock] = exp_avg_new_scale;
   exp_avg_sq_scale[start / kBlock] = root_new_scale;

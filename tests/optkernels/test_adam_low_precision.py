@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from optkernels import UnsupportedOptionError, _native, adam_update, radam_update
-from optkernels.quantization import MIN_QUANTIZED_NUMEL, load_state, new_scales, new_state
-from tests.helpers import assert_low_precision_close
+from optkernels.quantization import (MIN_QUANTIZED_NUMEL, STREAMS, halves, load_state, new_scales, new_state,
+                                     random_words)
+from tests.helpers import FIRST_MOMENT_TRACKING, assert_low_precision_close
 from tests.reference import quantize_blockwise_reference
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,13 +50,16 @@ def _run(tensors, steps, **options):
 
 def test_codes_equal_the_reference_quantiser():
     """From zero state, step 1 stores m = (1 - beta1) g and v = (1 - beta2) g^2: the codes
-    written are the plain quantiser's of the float32 moments the same kernel keeps unquantised."""
+    written are the plain quantiser's of the float32 moments the same kernel keeps unquantised,
+    rounded with the step's random words (seed 3, step 1: low halves for m, high for v)."""
     quantised = _run(_setup("8bit"), 1, state_precision="8bit")
     full = _run(_setup("fp32"), 1, state_precision="8bit")  # 8bit with float state: nothing quantised
     for index in (0, 2, 3):
-        for name, scale_name, signed in (("exp_avgs", "exp_avg_scales", True),
-                                         ("exp_avg_sqs", "exp_avg_sq_scales", False)):
-            codes, scales = quantize_blockwise_reference(full[name][index], signed=signed)
+        numel = full["exp_avgs"][index].numel()
+        draws = halves(random_words(numel, seed=3, step=1, stream=STREAMS["moments"]))
+        for (name, scale_name, signed), random in zip((("exp_avgs", "exp_avg_scales", True),
+                                                       ("exp_avg_sqs", "exp_avg_sq_scales", False)), draws):
+            codes, scales = quantize_blockwise_reference(full[name][index], signed=signed, random=random)
             assert torch.equal(quantised[name][index], codes), (name, index)
             assert torch.equal(quantised[scale_name][index], scales), (scale_name, index)
     assert quantised["exp_avgs"][1].dtype == torch.float32  # under 4096 elements: kept fp32
@@ -63,14 +67,23 @@ def test_codes_equal_the_reference_quantiser():
 
 
 def test_low_precision_tracks_fp32():
-    """5 steps of lr 0.01: params within a tenth of the distance they move, moments to their format."""
+    """5 steps of lr 0.01 from the same params: our low-precision params stay near fp32's, by a
+    measure of how far the params moved. On average within 1 % (bf16) and 5 % (8-bit) of it:
+    the formats' rounding of m and sqrt(v), stochastic so unbiased; at worst within a quarter
+    (8-bit: a code rounded stochastically is within one step of e4m3 of the value, 1/8
+    relative, in m and in sqrt(v): an update off by up to 28 %) and a 20th (bf16). The first
+    moment within ``FIRST_MOMENT_TRACKING`` of its largest value."""
+    start = _setup("fp32")["params"]
     reference = _run(_setup("fp32"), 5)
-    for precision in ("bf16", "8bit"):
+    for precision, mean_bound, max_bound in (("bf16", 0.01, 0.05), ("8bit", 0.05, 0.25)):
         ours = _run(_setup(precision), 5, state_precision=precision)
-        for index, (mine, theirs) in enumerate(zip(ours["params"], reference["params"])):
-            torch.testing.assert_close(mine, theirs, rtol=0, atol=5e-3, msg=f"{precision} param {index}")
+        for index, (mine, theirs, first) in enumerate(zip(ours["params"], reference["params"], start)):
+            off, moved = (mine - theirs).abs(), (theirs - first).abs()
+            assert off.mean() <= mean_bound * moved.mean(), f"{precision} param {index}"
+            assert off.max() <= max_bound * moved.max(), f"{precision} param {index}"
         m = load_state(ours["exp_avgs"][0], ours["exp_avg_scales"][0], signed=True)
-        torch.testing.assert_close(m, reference["exp_avgs"][0], rtol=0, atol=0.1 * m.abs().max().item())
+        torch.testing.assert_close(m, reference["exp_avgs"][0], rtol=0,
+                                   atol=FIRST_MOMENT_TRACKING[precision] * m.abs().max().item())
 
 
 def test_compiled_equals_eager(monkeypatch):

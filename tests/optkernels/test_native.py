@@ -12,8 +12,8 @@ import torch
 
 from optkernels import _native, adam_update
 from optkernels.adam import adam_low_precision_rule, native_low_precision_steps
-from optkernels.quantization import (MIN_QUANTIZED_NUMEL, STREAMS, new_scales, new_state, quantize_blockwise,
-                                     random_key)
+from optkernels.quantization import (MIN_QUANTIZED_NUMEL, STREAMS, halves, new_scales, new_state,
+                                     quantize_blockwise, random_key, random_words)
 from tests.helpers import assert_low_precision_close
 from tests.reference import quantize_blockwise_reference
 
@@ -35,16 +35,16 @@ def _wide_values(numel: int, seed: int = 0) -> torch.Tensor:
 def _step_options(**overrides):
     options = dict(one_minus_beta1=1.0, beta2=0.0, one_minus_beta2=1.0, eps=1e-8, step_size=0.0, grad_step_size=0.0,
                    rsqrt_bias_correction2=1.0, grad_decay=0.0, param_factor=1.0, negate=0, decays_grad=0, threads=1,
-                   key_exp_avg=1, key_exp_avg_sq=2, key_param=3)
+                   key_moments=1, key_param=3)
     return _native.AdamOptions(**{**options, **overrides})
 
 
 def test_codes_equal_the_reference_quantiser():
     """beta1 = beta2 = 0 from zero state: the step keeps m = 0 + (g - 0) (g, but for -0, which
     becomes +0) and sqrt(v) = |g| (sqrt of a correctly rounded square is exact), so its codes and
-    scales must be those of quantising m and g^2, bit for bit: on 256K wide-ranging values
-    against ``quantize_blockwise`` and on the first blocks against the plain per-element
-    reference."""
+    scales must be those of quantising m and g^2 with the step's random words (seed 7, step 1),
+    bit for bit: on 256K wide-ranging values against ``quantize_blockwise`` and on the first
+    blocks against the plain per-element reference."""
     grads = _wide_values(1 << 18)
     numel = grads.numel() - 77  # a partial last block
     grads = grads[:numel]
@@ -52,15 +52,19 @@ def test_codes_equal_the_reference_quantiser():
         numel, dtype=torch.uint8)
     exp_avg_scale, exp_avg_sq_scale = new_scales(exp_avg), new_scales(exp_avg_sq)
     library = _native.library("adam_low_precision", UPDATE=3, SECOND_MOMENT=0, STATE_STORAGE=2, PARAM_STORAGE=0)
+    options = _step_options(key_moments=random_key(7, 1, STREAMS["moments"]))
     library.adam_step(*[ctypes.c_void_p(t.data_ptr()) for t in (param, grads, exp_avg, exp_avg_sq, exp_avg_scale,
                                                                  exp_avg_sq_scale)],
-                      ctypes.c_int64(numel), ctypes.byref(_step_options()))
-    for codes, scales, signed in ((exp_avg, exp_avg_scale, True), (exp_avg_sq, exp_avg_sq_scale, False)):
+                      ctypes.c_int64(numel), ctypes.byref(options))
+    draws = halves(random_words(numel, seed=7, step=1, stream=STREAMS["moments"]))
+    for codes, scales, signed, random in ((exp_avg, exp_avg_scale, True, draws[0]),
+                                          (exp_avg_sq, exp_avg_sq_scale, False, draws[1])):
         values = torch.zeros(numel) + (grads - torch.zeros(numel)) if signed else grads * grads
-        expected_codes, expected_scales = quantize_blockwise(values, signed=signed)
+        expected_codes, expected_scales = quantize_blockwise(values, signed=signed, random=random)
         assert torch.equal(codes, expected_codes)
         assert torch.equal(scales, expected_scales)
-        reference_codes, reference_scales = quantize_blockwise_reference(values[:1024], signed=signed)
+        reference_codes, reference_scales = quantize_blockwise_reference(values[:1024], signed=signed,
+                                                                         random=random[:1024])
         assert torch.equal(codes[:1024], reference_codes)
         assert torch.equal(scales[:4], reference_scales)
     assert not param.any()  # UPDATE=3: no update
@@ -190,7 +194,7 @@ def test_random_key_is_the_hash_key():
     """The key the kernel gets is the one random_bits mixes in: the bf16 bits above depend on it;
     here its range and its dependence on each argument."""
     keys = {random_key(seed, step, stream) for seed in (0, 1) for step in (1, 2) for stream in STREAMS.values()}
-    assert len(keys) == 12 and all(0 <= key < 2**32 for key in keys)
+    assert len(keys) == 8 and all(0 <= key < 2**32 for key in keys)
 
 
 def test_disabled_and_unbuildable(monkeypatch, tmp_path):

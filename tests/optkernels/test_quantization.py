@@ -7,7 +7,7 @@ int64 one's bits, stochastic rounding is reproducible and unbiased."""
 import pytest
 import torch
 
-from optkernels.quantization import (BLOCK_SIZE, dequantize_blockwise, e4m3_decode, num_blocks,
+from optkernels.quantization import (BLOCK_SIZE, dequantize_blockwise, e4m3_decode, e4m3_stochastic, num_blocks,
                                      quantize_blockwise, random_bits, stochastic_round_to_bf16)
 from tests.reference import quantize_blockwise_reference
 
@@ -132,3 +132,39 @@ def test_random_bits_equal_the_int64_hash(seed, step, stream):
     compiled = torch.compile(random_bits, fullgraph=True, dynamic=False)
     if (seed, step) == (3, 5):  # one compile: inductor's int32 code, wrapping multiplies included
         assert torch.equal(compiled(numel, stream=stream, **as_tensors), expected)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "sqrt"])
+def test_stochastic_codes_equal_the_reference_quantiser(signed):
+    x = _values(2 * BLOCK_SIZE + 77, seed=4)
+    x[BLOCK_SIZE:BLOCK_SIZE + 64] = torch.linspace(0, 2.0**-6, 64) * x.abs().max()  # subnormal codes
+    if not signed:
+        x = x.abs()
+    random = random_bits(x.numel(), seed=1, step=2, stream=1)
+    codes, scales = quantize_blockwise(x, signed=signed, random=random)
+    reference_codes, reference_scales = quantize_blockwise_reference(x, signed=signed, random=random)
+    assert torch.equal(codes, reference_codes)
+    assert torch.equal(scales, reference_scales)
+
+
+@pytest.mark.parametrize("value", [100.3, -3.01, 0.0051, 2.0**-6 * 0.37], ids=["large", "negative", "small",
+                                                                              "subnormal"])
+def test_stochastic_codes_are_unbiased(value):
+    """Blocks of one 448 (scale 1: the values are their own scaled values) and 255 copies of a
+    value between two codes: the mean of the decoded copies is the value, to the noise of 65K
+    draws (a gap of 2^-3 relative: a standard error under 2^-3 / sqrt(65K) / 2 of it)."""
+    blocks = torch.full((256, BLOCK_SIZE), value)
+    blocks[:, 0] = 448.0
+    random = random_bits(blocks.numel(), seed=0, step=1, stream=1).view(blocks.shape)
+    codes, scales = quantize_blockwise(blocks, random=random)
+    decoded = dequantize_blockwise(codes, scales)[:, 1:]
+    assert len(decoded.unique()) == 2  # the two neighbours, both drawn
+    assert abs(decoded.double().mean().item() / value - 1) < 2e-3
+    assert torch.equal(codes, quantize_blockwise(blocks, random=random)[0])  # the same draws, the same codes
+
+
+def test_stochastic_codes_compiled_equal_eager():
+    x = _values(4096, seed=5) * 400
+    random = random_bits(x.numel(), seed=2, step=3, stream=1)
+    compiled = torch.compile(e4m3_stochastic, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(x.clamp(-448, 448), random), e4m3_stochastic(x.clamp(-448, 448), random))
