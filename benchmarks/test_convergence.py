@@ -63,6 +63,13 @@ def test_a_different_run_is_told_apart():
     assert not same_curves(ours, theirs)
 
 
+def test_a_nudged_learning_rate_moves_the_loss():
+    """torch-nudged, the sensitivity yardstick, trains another curve (its lr times 1 + 1e-4)."""
+    theirs, nudged = _runs(MLP(steps=20), "adam", ("torch", "torch-nudged"))
+    assert not same_curves(nudged, theirs)
+    assert 0 < relative_difference(nudged, theirs) < 1e-2
+
+
 def test_the_fast_mode_ends_near_torch():
     # one compiled rule, on the cheapest task (compiling costs seconds)
     theirs, fast = _runs(MLP(steps=20), "adam", ("torch", "ours-fast"))
@@ -112,8 +119,9 @@ def test_the_command_writes_table_plot_and_json(tmp_path, capsys):
     # Muon: neither a fast mode (not elementwise) nor a fused one in torch
     assert {(run.task, run.algorithm, run.variant) for run in runs} == {
         (task, algorithm, variant) for task in TASKS for algorithm, variants in (
-            ("adam", ("torch", "ours", "ours-flat", "ours-fast", "ours-bf16", "ours-8bit", "torch-fused")),
-            ("muon", ("torch", "ours")))
+            ("adam", ("torch", "ours", "ours-flat", "ours-fast", "ours-bf16", "ours-8bit", "torch-fused",
+                      "torch-nudged")),
+            ("muon", ("torch", "ours", "torch-nudged")))
         for variant in variants}
     progress = capsys.readouterr().err.splitlines()
     assert len(progress) == len(TASKS) * 2 * len(VARIANTS) and "charlm muon ours-fast: none" in "\n".join(progress)
@@ -129,5 +137,5 @@ def test_the_command_writes_table_plot_and_json(tmp_path, capsys):
     summary = table.split("## Summary")[1].split("## Every run")[0]
     adam, muon = (next(line for line in summary.splitlines() if line.startswith(f"| {name} |")) for name in ("adam", "muon"))
     assert adam.split(" | ")[5:7] == ["bit for bit", "bit for bit"]  # ours and ours-flat vs torch, every task
-    assert muon.rstrip(" |").endswith("bit for bit")  # the fast and fused columns empty
-    assert table.count("| charlm | adam |") == 7
+    assert muon.split(" | ")[5] == "bit for bit"  # ours; then the fast and fused columns empty
+    assert table.count("| charlm | adam |") == 8

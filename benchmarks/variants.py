@@ -381,10 +381,12 @@ VARIANTS: tuple[Variant, ...] = (
     # Low-precision rows: bytes per element of the least traffic, with fp32 params and grads (4 each;
     # the param read and written) unless said: moments in bf16 2 each, read and written; 8-bit
     # codes 1 each (the scales, 4 bytes per 256 elements, round away); 4-bit codes half a byte.
+    # compiled=True with low precision: on CPU the native kernel (optkernels/native/), elsewhere the
+    # torch.compile'd rule
     Variant("ours-bf16", "our wrappers class, compiled=True, state_precision='bf16' (moments in bf16, "
             "stochastically rounded)", _low_precision("bf16"), _has_low_precision, "bf16 state", 20),
-    Variant("ours-8bit", "our wrappers class, compiled=True, state_precision='8bit' (blockwise e4m3 codes)",
-            _low_precision("8bit"), _has_low_precision, "8-bit state", 16),
+    Variant("ours-8bit", "our wrappers class, compiled=True, state_precision='8bit' (blockwise e4m3 codes, "
+            "stochastically rounded)", _low_precision("8bit"), _has_low_precision, "8-bit state", 16),
     Variant("ours-8bit-bf16-params", "our wrappers class, compiled=True, state_precision='8bit', bf16 params "
             "and grads, stochastic_rounding=True", _low_precision("8bit", bf16_params=True), _has_low_precision,
             "bf16 params, 8-bit state", 10),
