@@ -280,7 +280,7 @@ adam_low_precision_rule.inductor_options = {"realize_cpu_opcount_threshold": 409
 
 
 _NATIVE_STATES = {torch.float32: 0, torch.bfloat16: 1, torch.uint8: 2}  # STATE_STORAGE of the C++ source
-_PARALLEL_NUMEL = 1 << 16  # smaller tensors run on one thread: waking the others costs more
+_PARALLEL_NUMEL = 1 << 16  # fewer elements in all run on one thread: waking the others costs more
 
 
 def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bias_correction2, seed, step,
@@ -304,28 +304,38 @@ def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bia
         negate=negate, decays_grad=grad_decay is not None,
         key_moments=random_key(seed, t, STREAMS["moments"]), key_param=random_key(seed, t, STREAMS["param"]))
     left = [[] for _ in lists]
+    by_variant: dict[tuple, list[tuple]] = {}
     for tensors in zip(*lists):
-        param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale = tensors
-        lib = None
+        param, grad, exp_avg, exp_avg_sq, _, _ = tensors
         if (param.dtype in (torch.float32, torch.bfloat16) and grad.dtype == param.dtype
                 and exp_avg.dtype in _NATIVE_STATES and exp_avg_sq.dtype == exp_avg.dtype and not grad.is_sparse
                 and all(type(x) in (Tensor, torch.nn.Parameter) and x.is_contiguous()
                         for x in (param, grad, exp_avg, exp_avg_sq))):
-            lib = library("adam_low_precision", UPDATE=update, SECOND_MOMENT=int(belief),
-                          STATE_STORAGE=_NATIVE_STATES[exp_avg.dtype],
-                          PARAM_STORAGE=0 if param.dtype == torch.float32 else 1 + stochastic_rounding)
-        if lib is None:
+            variant = (_NATIVE_STATES[exp_avg.dtype], 0 if param.dtype == torch.float32 else 1 + stochastic_rounding)
+            by_variant.setdefault(variant, []).append(tensors)
+        else:
             for column, tensor in zip(left, tensors):
                 column.append(tensor)
+    for (state_storage, param_storage), group in by_variant.items():
+        lib = library("adam_low_precision", UPDATE=update, SECOND_MOMENT=int(belief), STATE_STORAGE=state_storage,
+                      PARAM_STORAGE=param_storage)
+        if lib is None:
+            for tensors in group:
+                for column, tensor in zip(left, tensors):
+                    column.append(tensor)
             continue
-        options.threads = threads() if param.numel() >= _PARALLEL_NUMEL else 1
-        codes = quantized(exp_avg)
-        lib.adam_step(ctypes.c_void_p(param.data_ptr()), ctypes.c_void_p(grad.data_ptr()),
-                      ctypes.c_void_p(exp_avg.data_ptr()), ctypes.c_void_p(exp_avg_sq.data_ptr()),
-                      ctypes.c_void_p(exp_avg_scale.data_ptr() if codes else None),
-                      ctypes.c_void_p(exp_avg_sq_scale.data_ptr() if codes else None),
-                      ctypes.c_int64(param.numel()), ctypes.byref(options))
+        columns = list(zip(*group))
+        codes = state_storage == _NATIVE_STATES[CODE_DTYPE]
+        numels = [param.numel() for param in columns[0]]
+        options.threads = threads() if sum(numels) >= _PARALLEL_NUMEL else 1
+        pointers = [(ctypes.c_void_p * len(group))(*[t.data_ptr() for t in column])
+                    for column in columns[:6 if codes else 4]]
+        if not codes:  # no scales: null pointers
+            pointers += [(ctypes.c_void_p * len(group))()] * 2
+        lib.adam_step(*pointers, (ctypes.c_int64 * len(group))(*numels), ctypes.c_int64(len(group)),
+                      ctypes.byref(options))
         # written outside torch: autograd's in-place checks must still see the change
-        for written in (param, exp_avg, exp_avg_sq, *((exp_avg_scale, exp_avg_sq_scale) if codes else ())):
-            torch.autograd.graph.increment_version(written)
+        torch.autograd.graph.increment_version([t for column in (columns[0], columns[2], columns[3],
+                                                                 *(columns[4:6] if codes else ()))
+                                                for t in column])
     return left

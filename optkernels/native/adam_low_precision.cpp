@@ -16,8 +16,10 @@
 // flags): what is constant through a run is a compile-time choice, so the loop carries no option
 // it does not use.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #ifndef PARAM_STORAGE
 #define PARAM_STORAGE 0  // 0: float32, 1: bfloat16 rounded to nearest, 2: bfloat16 rounded stochastically
@@ -207,18 +209,23 @@ void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict g
 
 }  // namespace
 
-extern "C" void adam_step(void* param, const void* grad, void* exp_avg, void* exp_avg_sq, float* exp_avg_scale,
-                          float* exp_avg_sq_scale, int64_t numel, const Options* options) {
+// One step of `count` tensors (parallel arrays of pointers, as the kernels' lists): their blocks
+// are numbered one after another and shared among threads, so that many small tensors keep every
+// thread busy and cost one call. Element indices (for the random words) are per tensor.
+extern "C" void adam_step(void* const* params, const void* const* grads, void* const* exp_avgs,
+                          void* const* exp_avg_sqs, float* const* exp_avg_scales, float* const* exp_avg_sq_scales,
+                          const int64_t* numels, int64_t count, const Options* options) {
   const Options o = *options;
-  const int64_t blocks = (numel + kBlock - 1) / kBlock;
-  auto* p = static_cast<ParamStorage*>(param);
-  auto* g = static_cast<const ParamStorage*>(grad);
-  auto* m = static_cast<StateStorage*>(exp_avg);
-  auto* v = static_cast<StateStorage*>(exp_avg_sq);
+  std::vector<int64_t> first_block(count + 1, 0);  // tensor t's blocks: [first_block[t], first_block[t + 1])
+  for (int64_t t = 0; t < count; ++t) first_block[t + 1] = first_block[t] + (numels[t] + kBlock - 1) / kBlock;
+  const int64_t blocks = first_block[count];
 #pragma omp parallel for num_threads(o.threads) schedule(static) if (o.threads > 1)
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t start = b * kBlock;
-    block_step(p, g, m, v, exp_avg_scale, exp_avg_sq_scale, start, numel - start < kBlock ? numel - start : kBlock,
-               o);
+    const int64_t t = std::upper_bound(first_block.begin(), first_block.end(), b) - first_block.begin() - 1;
+    const int64_t start = (b - first_block[t]) * kBlock;
+    block_step(static_cast<ParamStorage*>(params[t]), static_cast<const ParamStorage*>(grads[t]),
+               static_cast<StateStorage*>(exp_avgs[t]), static_cast<StateStorage*>(exp_avg_sqs[t]),
+               exp_avg_scales[t], exp_avg_sq_scales[t], start,
+               numels[t] - start < kBlock ? numels[t] - start : kBlock, o);
   }
 }

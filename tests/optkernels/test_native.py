@@ -53,9 +53,9 @@ def test_codes_equal_the_reference_quantiser():
     exp_avg_scale, exp_avg_sq_scale = new_scales(exp_avg), new_scales(exp_avg_sq)
     library = _native.library("adam_low_precision", UPDATE=3, SECOND_MOMENT=0, STATE_STORAGE=2, PARAM_STORAGE=0)
     options = _step_options(key_moments=random_key(7, 1, STREAMS["moments"]))
-    library.adam_step(*[ctypes.c_void_p(t.data_ptr()) for t in (param, grads, exp_avg, exp_avg_sq, exp_avg_scale,
-                                                                 exp_avg_sq_scale)],
-                      ctypes.c_int64(numel), ctypes.byref(options))
+    library.adam_step(*[(ctypes.c_void_p * 1)(t.data_ptr()) for t in (param, grads, exp_avg, exp_avg_sq,
+                                                                       exp_avg_scale, exp_avg_sq_scale)],
+                      (ctypes.c_int64 * 1)(numel), ctypes.c_int64(1), ctypes.byref(options))
     draws = halves(random_words(numel, seed=7, step=1, stream=STREAMS["moments"]))
     for codes, scales, signed, random in ((exp_avg, exp_avg_scale, True, draws[0]),
                                           (exp_avg_sq, exp_avg_sq_scale, False, draws[1])):
@@ -158,10 +158,11 @@ def test_native_gives_the_compiled_rules_bits(storage, monkeypatch):
 
 
 def test_threads_split_blocks_without_changing_bits():
-    numel = 1 << 18
+    """One call steps all tensors, their blocks shared among threads: one thread or two, the same bits."""
+    shapes = [(1 << 17,), (300,), (MIN_QUANTIZED_NUMEL + 1,), (7, 5), (64, 1000)]
     runs = []
     for threads in (1, 2):
-        tensors = _tensors(torch.float32, False, "8bit", shapes=[(numel,)])
+        tensors = _tensors(torch.float32, False, "8bit", shapes=shapes)
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
