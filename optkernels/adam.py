@@ -288,9 +288,9 @@ def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bia
                                momentum_only=False, belief=False, grad_step_size=None) -> list[list]:
     """:func:`adam_low_precision_rule` through the native CPU kernel (``native/adam_low_precision.cpp``,
     see ``optkernels._native``) for each position of the parallel lists it takes: contiguous
-    CPU tensors, float32 or bf16 params with grads of their dtype, moments float32, bf16 or
-    codes. Returns the lists of the positions it left (all of them where the kernel cannot be
-    built), for the compiled rule."""
+    CPU tensors in four distinct places, float32 or bf16 params with grads of their dtype,
+    moments float32, bf16 or codes. Returns the lists of the positions it left (all of them
+    where the kernel cannot be built), for the compiled rule."""
     if not lists[0] or lists[0][0].device.type != "cpu":
         return lists
     t = int(step.item() if isinstance(step, Tensor) else step)
@@ -310,7 +310,9 @@ def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bia
         if (param.dtype in (torch.float32, torch.bfloat16) and grad.dtype == param.dtype
                 and exp_avg.dtype in _NATIVE_STATES and exp_avg_sq.dtype == exp_avg.dtype and not grad.is_sparse
                 and all(type(x) in (Tensor, torch.nn.Parameter) and x.is_contiguous()
-                        for x in (param, grad, exp_avg, exp_avg_sq))):
+                        for x in (param, grad, exp_avg, exp_avg_sq))
+                # the kernel takes them as distinct memory (C++ __restrict)
+                and len({param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr()}) == 4):
             variant = (_NATIVE_STATES[exp_avg.dtype], 0 if param.dtype == torch.float32 else 1 + stochastic_rounding)
             by_variant.setdefault(variant, []).append(tensors)
         else:

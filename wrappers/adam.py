@@ -44,7 +44,8 @@ class LowPrecisionMoments:
 
     ``load_state_dict`` converts the moments to this optimizer's precision, so a checkpoint of
     any precision (torch.optim's included) loads, and a low-precision checkpoint loads into an
-    fp32 optimizer (dequantised). Not with AMSGrad or ``flat=True``; ``compiled=True`` works.
+    fp32 optimizer (dequantised). Not with AMSGrad or ``flat=True``; ``compiled=True`` runs the
+    native CPU kernel (see :mod:`optkernels._native`).
     """
 
     moments: ClassVar[dict[str, bool]] = {"exp_avg": True, "exp_avg_sq": False}  # name: signed (v_t is not)

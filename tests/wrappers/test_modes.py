@@ -10,6 +10,7 @@ from torch.optim import lr_scheduler
 
 import optkernels
 import optkernels._math
+from optkernels import _native
 import wrappers
 from optkernels._torch_private import dynamo_counters
 from benchmarks.measure import peak_extra_bytes
@@ -63,8 +64,12 @@ def test_compiled_rules_never_recompile_over_a_cosine_schedule(name, flat):
     assert _graphs() == graphs, f"{_graphs() - graphs} graphs compiled after step 10"
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "inductor"])
 @pytest.mark.parametrize("state_precision", ["bf16", "8bit"])
-def test_low_precision_rules_never_recompile_over_a_cosine_schedule(state_precision):
+def test_low_precision_rules_never_recompile_over_a_cosine_schedule(state_precision, native, monkeypatch):
+    """Neither the torch.compile'd rule (as off CPU) nor the native kernel (CPU: a library per
+    variant, its numbers passed at each call) builds anything new as the lr moves."""
+    monkeypatch.setenv(_native.DISABLE, "0" if native else "1")
     # quantised (4,096 elements and more) and full-precision moments: both branches
     params = _params([(64, 128), (20,), (7, 3)])
     optimizer = wrappers.AdamW(params, lr=1e-3, compiled=True, state_precision=state_precision)
@@ -72,11 +77,12 @@ def test_low_precision_rules_never_recompile_over_a_cosine_schedule(state_precis
     for _ in range(2):
         optimizer.step()
         schedule.step()
-    graphs = _graphs()
+    graphs, builds = _graphs(), _native._library.cache_info().misses
     for _ in range(30):
         optimizer.step()
         schedule.step()
     assert _graphs() == graphs, f"{_graphs() - graphs} graphs compiled after step 2"
+    assert _native._library.cache_info().misses == builds
 
 
 def test_adam_compiles_once_whatever_the_shapes_and_hyperparameters():
