@@ -154,18 +154,12 @@ def _adam_schedule(t, *, lr: float, beta1: float, beta2: float) -> dict:
                 momentum_only=False)
 
 
-def low_precision_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *, step, lr, beta1, beta2, eps,
-                         weight_decay, maximize, compiled, param_scale, state_precision, exp_avg_scales,
-                         exp_avg_sq_scales, stochastic_rounding, seed, schedule) -> None:
-    """An Adam-family step (Adam, RAdam) with low-precision state or stochastically rounded
-    params: one :func:`adam_low_precision_rule` call per tensor, eager or compiled (the same
-    function, so the same numbers to rounding), with the scalars ``schedule(t, lr=, beta1=,
-    beta2=)`` gives for step ``t`` (``step_size``, ``rsqrt_bias_correction2``,
-    ``momentum_only``). Everything is checked before any tensor changes."""
+def check_low_precision_lists(params, grads, exp_avgs, exp_avg_sqs, exp_avg_scales, exp_avg_sq_scales, *,
+                              state_precision) -> int:
+    """The checks of an Adam-family step with low-precision state, before any tensor changes:
+    the precision, the lists' lengths, each state tensor's kind and scales, real float params.
+    Returns the number of params."""
     check_state_precision(state_precision)
-    if max_exp_avg_sqs is not None:
-        raise UnsupportedOptionError("AMSGrad (max_exp_avg_sqs) is not supported with low-precision state "
-                                     "or stochastic rounding; use state_precision='fp32'")
     count = check_tensor_lists(params=params, grads=grads)
     for name, states in (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         if len(states) != count:
@@ -174,7 +168,24 @@ def low_precision_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
     check_low_precision_state("exp_avg_sqs", exp_avg_sqs, "exp_avg_sq_scales", exp_avg_sq_scales, params)
     for index, param in enumerate(params):
         if param.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-            raise TypeError(f"params[{index}] has dtype {param.dtype}; low-precision Adam takes real floats")
+            raise TypeError(f"params[{index}] has dtype {param.dtype}; low-precision state goes with real "
+                            "float params")
+    return count
+
+
+def low_precision_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *, step, lr, beta1, beta2, eps,
+                         weight_decay, maximize, compiled, param_scale, state_precision, exp_avg_scales,
+                         exp_avg_sq_scales, stochastic_rounding, seed, schedule) -> None:
+    """An Adam-family step (Adam, RAdam) with low-precision state or stochastically rounded
+    params: one :func:`adam_low_precision_rule` call per tensor, eager or compiled (the same
+    function, so the same numbers to rounding), with the scalars ``schedule(t, lr=, beta1=,
+    beta2=)`` gives for step ``t`` (``step_size``, ``rsqrt_bias_correction2``,
+    ``momentum_only``). Everything is checked before any tensor changes."""
+    if max_exp_avg_sqs is not None:
+        raise UnsupportedOptionError("AMSGrad (max_exp_avg_sqs) is not supported with low-precision state "
+                                     "or stochastic rounding; use state_precision='fp32'")
+    count = check_low_precision_lists(params, grads, exp_avgs, exp_avg_sqs, exp_avg_scales, exp_avg_sq_scales,
+                                      state_precision=state_precision)
     steps = step_values(step, count)
     lr, eps = check_lr(lr), check_eps(eps)
     param_scale = None if param_scale is None else check_finite("param_scale", param_scale)

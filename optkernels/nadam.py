@@ -4,9 +4,7 @@ import torch
 from torch import Tensor
 
 from ._compiled import lerp_, run_compiled
-from .adam import low_precision_update
 from ._math import bias_correction, grouped, prepared_grads, rsqrt, scale_, temporaries
-from .quantization import check_low_precision_state, check_state_precision
 from ._validation import (
     check_beta,
     check_eps,
@@ -18,6 +16,7 @@ from ._validation import (
     check_tensor_lists,
     step_values,
 )
+from .adam import check_low_precision_lists, low_precision_update
 
 
 def nadam_update(
@@ -182,17 +181,9 @@ def _nadam_low_precision(params, grads, exp_avgs, exp_avg_sqs, mu_products, *, s
     low-precision Adam rule with NAdam's step sizes, one call per distinct :math:`\\Pi_t` (they
     depend on it). Everything a call checks is checked first, and ``mu_products`` are written
     last, so that a call that raises changes nothing."""
-    check_state_precision(options["state_precision"])
-    count = check_tensor_lists(params=params, grads=grads)
+    count = check_low_precision_lists(params, grads, exp_avgs, exp_avg_sqs, exp_avg_scales, exp_avg_sq_scales,
+                                      state_precision=options["state_precision"])
     check_scalar_lists(count, mu_products=mu_products)
-    for name, states in (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
-        if len(states) != count:
-            raise ValueError(f"{name} has {len(states)} tensors but params has {count}")
-    check_low_precision_state("exp_avgs", exp_avgs, "exp_avg_scales", exp_avg_scales, params)
-    check_low_precision_state("exp_avg_sqs", exp_avg_sqs, "exp_avg_sq_scales", exp_avg_sq_scales, params)
-    for index, param in enumerate(params):
-        if param.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-            raise TypeError(f"params[{index}] has dtype {param.dtype}; low-precision NAdam takes real floats")
     steps = step_values(step, count)
     lr, beta1 = check_lr(lr), check_beta("beta1", beta1)
     momentum_decay = check_nonnegative("momentum_decay", momentum_decay)

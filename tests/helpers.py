@@ -135,3 +135,23 @@ LOW_PRECISION_TRACKING = {"bf16": 0.1, "8bit": 0.25}
 # errors of successive steps add as a random walk that decays by beta1 (0.9: sqrt(sum 0.81^k) =
 # 2.3 of them), about 0.16.
 FIRST_MOMENT_TRACKING = {"bf16": 0.1, "8bit": 0.2}
+
+
+# Wrapper cases of the low-precision options: bf16 moments, 8-bit, bf16 params rounded stochastically
+LOW_PRECISION_WRAPPER_CASES = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_precision="8bit"),
+                               "bf16-params-8bit": dict(state_precision="8bit", stochastic_rounding=True,
+                                                        dtype=torch.bfloat16)}
+
+
+def low_precision_stepped(steps=8, *, cls, dtype=torch.float32, **options):
+    """A quantised (64x80) and a small param (kept float in 8-bit) of ``dtype``, ``steps`` steps
+    of ``cls`` at lr 0.01 on the same grads whatever the options: (params, optimizer)."""
+    params = [torch.nn.Parameter(torch.randn(64, 80, generator=torch.Generator().manual_seed(0)).to(dtype)),
+              torch.nn.Parameter(torch.randn(10, generator=torch.Generator().manual_seed(1)).to(dtype))]
+    optimizer = cls(params, lr=1e-2, **options)
+    for step in range(steps):
+        generator = torch.Generator().manual_seed(10 + step)
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator).to(dtype)
+        optimizer.step()
+    return params, optimizer

@@ -11,13 +11,7 @@ from optkernels.quantization import (MIN_QUANTIZED_NUMEL, STREAMS, halves, load_
 from tests.helpers import FIRST_MOMENT_TRACKING, assert_low_precision_close
 from tests.reference import quantize_blockwise_reference
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two that wait for each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (tests/conftest.py)
 
 
 # quantised (whole blocks: the rules' (blocks, 256) form), kept fp32, quantised with partial last blocks

@@ -226,15 +226,6 @@ LOW_PRECISION_CASES = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_
 LR = HPARAMS["lr"]
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two that wait for each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def low_precision_run(steps=STEPS, *, state_precision="fp32", stochastic_rounding=False, bf16_params=False,
                       upcast=False, float_state=False, products=None, **options):
     """``steps`` calls from the same start on the same grads whatever the options. ``bf16_params``:

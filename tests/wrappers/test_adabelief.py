@@ -13,6 +13,7 @@ whose op order the kernel follows, every case must be bit for bit equal.
 """
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ from torch.testing import assert_close
 
 from optkernels import UnsupportedOptionError
 from optkernels.quantization import dequantize_blockwise, quantize_blockwise
-from tests.helpers import LOW_PRECISION_TRACKING, laid_out, same_layout_copy
+from tests.helpers import (LOW_PRECISION_TRACKING, LOW_PRECISION_WRAPPER_CASES, laid_out, low_precision_stepped,
+                           same_layout_copy)
 from tests.reference import ADABELIEF_DECAY_MODES, adabelief_reference
 from wrappers import AdaBelief
 
@@ -308,32 +310,9 @@ def test_official_checkpoint_continues_as_official(amsgrad, rectify, decay):
 
 
 # --- low-precision state (state_precision, stochastic_rounding) ---------------------------------
-LOW_PRECISION_CASES = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_precision="8bit"),
-                       "bf16-params-8bit": dict(state_precision="8bit", stochastic_rounding=True,
-                                                dtype=torch.bfloat16)}
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two that wait for each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def low_precision_stepped(steps=8, *, dtype=torch.float32, **options):
-    """A quantised (64x80) and a small param (kept float in 8-bit), ``steps`` steps of lr 0.01
-    (rectified by default: 5 SGD-like steps, then adaptive), the same grads whatever the options."""
-    params = [torch.nn.Parameter(torch.randn(64, 80, generator=torch.Generator().manual_seed(0)).to(dtype)),
-              torch.nn.Parameter(torch.randn(10, generator=torch.Generator().manual_seed(1)).to(dtype))]
-    optimizer = AdaBelief(params, lr=1e-2, **options)
-    for step in range(steps):
-        generator = torch.Generator().manual_seed(10 + step)
-        for param in params:
-            param.grad = torch.randn(param.shape, generator=generator).to(dtype)
-        optimizer.step()
-    return params, optimizer
+LOW_PRECISION_CASES = LOW_PRECISION_WRAPPER_CASES
+# rectified by default: 5 SGD-like steps, then adaptive
+low_precision_stepped = functools.partial(low_precision_stepped, cls=AdaBelief)
 
 
 def test_low_precision_state_keys_and_dtypes(one_thread):
@@ -364,24 +343,6 @@ def test_low_precision_float_state_follows_the_fp32_optimizer(compiled, schedule
         start, _ = low_precision_stepped(0)
         moved, _ = low_precision_stepped(5, state_precision="8bit", compiled=compiled, **schedule)
         assert all(torch.equal(p, s) for p, s in zip(moved, start))
-
-
-@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
-def test_low_precision_compiled_equals_eager(case, one_thread):
-    """compiled=True takes the same steps: params equal but at under 1% of the elements, where a
-    code or a stochastically rounded value took its neighbour at some step (there within a bf16
-    step per step taken), moments likewise."""
-    eager, eager_optimizer = low_precision_stepped(**case)
-    compiled, compiled_optimizer = low_precision_stepped(compiled=True, **case)
-    for mine, theirs in zip(compiled, eager):
-        apart = (mine.float() - theirs.float()).abs() > 1e-5 * theirs.float().abs() + 1e-6
-        assert apart.float().mean() < 0.01
-        assert_close(mine.float(), theirs.float(), rtol=8 * 2**-7, atol=0)
-    for mine, theirs in zip(compiled, eager):
-        a, b = compiled_optimizer.state[mine], eager_optimizer.state[theirs]
-        assert list(a) == list(b)
-        for name in ("exp_avg", "exp_avg_var"):
-            assert a[name].dtype == b[name].dtype and (a[name] != b[name]).float().mean() < 0.01, name
 
 
 def test_low_precision_checkpoints_cross_precisions(one_thread):

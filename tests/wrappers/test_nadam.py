@@ -7,6 +7,7 @@ with ``torch.optim.NAdam(foreach=True)``; Adamax's two torch paths agree, and bo
 """
 
 import copy
+import functools
 import io
 import math
 
@@ -18,6 +19,7 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 import wrappers
 from optkernels import UnsupportedOptionError
 from optkernels.quantization import dequantize_blockwise, quantize_blockwise
+from tests.helpers import LOW_PRECISION_WRAPPER_CASES, low_precision_stepped
 
 EXACT = dict(rtol=0, atol=0)
 NAMES = ["NAdam", "Adamax"]
@@ -310,32 +312,8 @@ def test_a_failing_step_changes_nothing_in_any_group(name, case):
 
 
 # --- low-precision state (NAdam's state_precision, stochastic_rounding) --------------------------
-LOW_PRECISION_CASES = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_precision="8bit"),
-                       "bf16-params-8bit": dict(state_precision="8bit", stochastic_rounding=True,
-                                                dtype=torch.bfloat16)}
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster than two that wait for each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def low_precision_stepped(steps=8, *, dtype=torch.float32, cls=wrappers.NAdam, **options):
-    """A quantised (64x80) and a small param (kept float in 8-bit), ``steps`` steps of lr 0.01 on
-    the same grads whatever the options."""
-    params = [torch.nn.Parameter(torch.randn(64, 80, generator=torch.Generator().manual_seed(0)).to(dtype)),
-              torch.nn.Parameter(torch.randn(10, generator=torch.Generator().manual_seed(1)).to(dtype))]
-    optimizer = cls(params, lr=1e-2, **options)
-    for step in range(steps):
-        generator = torch.Generator().manual_seed(10 + step)
-        for param in params:
-            param.grad = torch.randn(param.shape, generator=generator).to(dtype)
-        optimizer.step()
-    return params, optimizer
+LOW_PRECISION_CASES = LOW_PRECISION_WRAPPER_CASES
+low_precision_stepped = functools.partial(low_precision_stepped, cls=wrappers.NAdam)
 
 
 def test_low_precision_state_keys_and_dtypes(one_thread):
@@ -363,24 +341,6 @@ def test_low_precision_follows_torch(compiled, decay, one_thread):
     torch.testing.assert_close(ours[0], reference[0], rtol=0, atol=0.1 * 8 * 1e-2)
     for mine, theirs in zip(ours, reference):
         assert torch.equal(optimizer.state[mine]["mu_product"], torch_optimizer.state[theirs]["mu_product"])
-
-
-@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
-def test_low_precision_compiled_equals_eager(case, one_thread):
-    """compiled=True takes the same steps: params equal but at under 1% of the elements, where a
-    code or a stochastically rounded value took its neighbour at some step (there within a bf16
-    step per step taken), moments likewise."""
-    eager, eager_optimizer = low_precision_stepped(**case)
-    compiled, compiled_optimizer = low_precision_stepped(compiled=True, **case)
-    for mine, theirs in zip(compiled, eager):
-        apart = (mine.float() - theirs.float()).abs() > 1e-5 * theirs.float().abs() + 1e-6
-        assert apart.float().mean() < 0.01
-        torch.testing.assert_close(mine.float(), theirs.float(), rtol=8 * 2**-7, atol=0)
-    for mine, theirs in zip(compiled, eager):
-        a, b = compiled_optimizer.state[mine], eager_optimizer.state[theirs]
-        assert list(a) == list(b)
-        for name in ("exp_avg", "exp_avg_sq"):
-            assert a[name].dtype == b[name].dtype and (a[name] != b[name]).float().mean() < 0.01, name
 
 
 def test_low_precision_checkpoints_cross_precisions_with_torch(one_thread):
