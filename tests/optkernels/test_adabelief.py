@@ -331,10 +331,15 @@ def test_low_precision_tracks_fp32(rectify, case, compiled, one_thread):
     assert_close(m, reference["exp_avgs"][0], rtol=0, atol=FIRST_MOMENT_TRACKING[precision] * m.abs().max().item())
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "inductor"])
-@pytest.mark.parametrize("case", list(LOW_PRECISION_CASES.values()), ids=list(LOW_PRECISION_CASES))
-@pytest.mark.parametrize("schedule", [dict(rectify=True), dict(rectify=True, degenerated_to_sgd=False),
-                                      dict(rectify=False)], ids=["rectified", "no-sgd-warmup", "unrectified"])
+SCHEDULES = {"rectified": dict(rectify=True), "no-sgd-warmup": dict(rectify=True, degenerated_to_sgd=False),
+             "unrectified": dict(rectify=False)}
+
+
+# the native kernel in every case; torch.compile's rule (a compile of 5-25 s per graph) in one
+@pytest.mark.parametrize("schedule,case,native", [
+    *(pytest.param(SCHEDULES[s], LOW_PRECISION_CASES[c], True, id=f"{s}-{c}-native")
+      for s in SCHEDULES for c in LOW_PRECISION_CASES),
+    pytest.param(SCHEDULES["unrectified"], LOW_PRECISION_CASES["8bit"], False, id="unrectified-8bit-inductor")])
 def test_low_precision_compiled_equals_eager(schedule, case, native, one_thread, monkeypatch):
     """The same rule compiled (the native CPU kernel; ``inductor``: torch.compile's, as off CPU):
     scales equal to rounding;
