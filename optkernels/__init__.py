@@ -18,7 +18,7 @@ from .lbfgs import lbfgs_update
 from .lion import lion_update
 from .muon import muon_update
 from .nadam import nadam_update
-from .quantization import dequantize_blockwise, quantize_blockwise, stochastic_round_to_bf16
+from .quantization import dequantize_blockwise, e4m3_stochastic, quantize_blockwise, stochastic_round_to_bf16
 from .radam import radam_update
 from .rmsprop import rmsprop_update
 from .rprop import rprop_update
@@ -38,6 +38,7 @@ __all__ = [
     "adopt_update",
     "asgd_update",
     "dequantize_blockwise",
+    "e4m3_stochastic",
     "lbfgs_update",
     "lion_update",
     "muon_update",

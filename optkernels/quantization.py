@@ -7,8 +7,10 @@ ones the functions below give):
 **8-bit blockwise codes** (:func:`quantize_blockwise`, :func:`dequantize_blockwise`). A tensor
 is read in row-major order in blocks of :data:`BLOCK_SIZE` (256) elements; each block keeps one
 float32 scale, its absolute maximum divided by 448, and each element one byte: the fp8 e4m3
-(``torch.float8_e4m3fn``) code of ``x / scale``, rounded to nearest, ties to even, as torch's
-cast rounds. The codes are stored as ``torch.uint8`` (the e4m3 bit pattern), so that
+(``torch.float8_e4m3fn``) code of ``x * (1 / scale)``, rounded to nearest, ties to even, as
+torch's cast rounds, or stochastically (:func:`e4m3_stochastic`: how the optimizers store their
+moments, so that a moment decaying by less than half a code step per step still decays on
+average). The codes are stored as ``torch.uint8`` (the e4m3 bit pattern), so that
 ``Optimizer.load_state_dict`` (which casts floating-point state to the param's dtype) leaves
 them alone. ``signed=True`` (Adam's first moment) quantises ``x``; ``signed=False`` (the
 second moment, never negative) quantises :math:`\sqrt{x}` and dequantises to its square, the
@@ -28,8 +30,10 @@ training tests show the difference does not reach the loss (within 1 % of fp32 A
 **Stochastic rounding to bf16** (:func:`stochastic_round_to_bf16`). A float32 is rounded to
 one of its two bf16 neighbours with probabilities that make the result unbiased: 16 random bits
 are added to the float32 bit pattern, whose low 16 bits are then dropped. The random bits are a
-counter-based hash of ``(seed, step, stream, element index)`` computed with integer tensor ops,
-no generator state: the same arguments give the same bits, in eager mode and compiled.
+counter-based hash of ``(seed, step, stream, element index)`` computed with integer tensor ops
+(:func:`random_words`), no generator state: the same arguments give the same bits, in eager
+mode, compiled and in the native kernel. An optimizer's two moments share one 32-bit word per
+element (the low half rounds the first, the high half the second).
 """
 
 import torch
