@@ -176,11 +176,13 @@ def check_low_precision_lists(params, grads, exp_avgs, exp_avg_sqs, exp_avg_scal
 def low_precision_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *, step, lr, beta1, beta2, eps,
                          weight_decay, maximize, compiled, param_scale, state_precision, exp_avg_scales,
                          exp_avg_sq_scales, stochastic_rounding, seed, schedule) -> None:
-    """An Adam-family step (Adam, RAdam) with low-precision state or stochastically rounded
-    params: one :func:`adam_low_precision_rule` call per tensor, eager or compiled (the same
-    function, so the same numbers to rounding), with the scalars ``schedule(t, lr=, beta1=,
-    beta2=)`` gives for step ``t`` (``step_size``, ``rsqrt_bias_correction2``,
-    ``momentum_only``). Everything is checked before any tensor changes."""
+    """An Adam-family step (Adam, RAdam, NAdam, AdaBelief) with low-precision state or
+    stochastically rounded params: :func:`adam_low_precision_rule` per tensor, eager, or with
+    ``compiled=True`` the native CPU kernel (:func:`native_low_precision_steps`) and the rule
+    compiled for what it leaves (the same numbers to rounding), with the scalars ``schedule(t,
+    lr=, beta1=, beta2=)`` gives for step ``t`` (``step_size``, ``rsqrt_bias_correction2``,
+    ``momentum_only``, ``belief``, ``grad_step_size``). Everything is checked before any tensor
+    changes."""
     if max_exp_avg_sqs is not None:
         raise UnsupportedOptionError("AMSGrad (max_exp_avg_sqs) is not supported with low-precision state "
                                      "or stochastic rounding; use state_precision='fp32'")
@@ -272,7 +274,7 @@ def adam_low_precision_rule(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp
         p = p - m_param / (v_param.sqrt() * rsqrt_bias_correction2 + eps) * step_size
     # the param first: compiled, its pass then reads the old codes, before they are rewritten
     store_param(param, p, stochastic_rounding=stochastic_rounding, seed=seed, step=step)
-    if exp_avg.dtype in (torch.bfloat16, CODE_DTYPE):  # rounded stochastically: one word per element
+    if {exp_avg.dtype, exp_avg_sq.dtype} & {torch.bfloat16, CODE_DTYPE}:  # rounded stochastically: a word each
         random_m, random_v = halves(random_words(m.numel(), seed=seed, step=step, stream=STREAMS["moments"],
                                                  device=m.device).view(m.shape))
     else:
