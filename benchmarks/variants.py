@@ -23,7 +23,7 @@ is matrix products, not memory traffic).
 import importlib.util
 import itertools
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import prod
 from typing import Any
 
