@@ -12,6 +12,10 @@
 // stay in a stack buffer until its absmax is known, then are encoded, so the codes are read and
 // written once. Blocks are shared among threads.
 //
+// Over 8-bit state, where the CPU has AVX-512 (F, BW, VL), the block step is written out in
+// intrinsics (below), the plain loops' numbers bit for bit; PORTABLE=1 builds the plain loops
+// whatever the CPU (the tests compare the two builds).
+//
 // One build is one variant, chosen by the macros below (optkernels/_native.py passes them as -D
 // flags): what is constant through a run is a compile-time choice, so the loop carries no option
 // it does not use.
@@ -21,6 +25,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #ifndef PARAM_STORAGE
 #define PARAM_STORAGE 0  // 0: float32, 1: bfloat16 rounded to nearest, 2: bfloat16 rounded stochastically
 #endif
@@ -29,6 +37,9 @@
 #endif
 #ifndef SECOND_MOMENT
 #define SECOND_MOMENT 0  // 0: Adam's (the squared grad), 1: AdaBelief's (the squared deviation, plus eps)
+#endif
+#ifndef PORTABLE
+#define PORTABLE 0  // 1: the plain loops only, whatever the CPU (the tests compare the two)
 #endif
 #ifndef UPDATE
 #define UPDATE 0  // 0: Adam's, 1: NAdam's, 2: momentum only (rectification's early steps), 3: none
@@ -113,6 +124,141 @@ using StateStorage = uint16_t;
 using StateStorage = uint8_t;
 #endif
 
+#if STATE_STORAGE == 2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && !PORTABLE
+// The same block step with AVX-512 intrinsics, 16 elements a vector, the same numbers bit for bit
+// (the tests build both and compare them). gcc 12 vectorizes the loops above, but not the fp8
+// codes through float16 (one conversion instruction each way); written out, the step over 8-bit
+// state takes about 30% less time on a Zen 4 core with the data in cache (native_bench.py).
+#define VECTOR_BLOCK_STEP 1
+
+inline __mmask16 lanes_of(int64_t left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1); }
+
+inline __m512i random_words16(__m512i index, __m512i key) {  // random_word, lane by lane
+  __m512i h = _mm512_add_epi32(_mm512_mullo_epi32(index, _mm512_set1_epi32(0x7FEB352D)), key);
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x5BD1E995));
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 15));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x27D4EB2D));
+  return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+}
+
+// e4m3_value(code) / 256, exactly: the code's bits placed in a float16's (exponent bias 15, not
+// 7, hence the factor; e4m3's subnormals land on float16's), converted in one instruction.
+inline __m512 e4m3_value_over_256(const uint8_t* codes, __mmask16 lanes) {
+  // sign extended and shifted by 7, the code's sign lands on bits 15 and 14; 14 is cleared
+  const __m256i shifted = _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(lanes, codes)), 7);
+  return _mm512_cvtph_ps(_mm256_and_si256(shifted, _mm256_set1_epi16(int16_t(0xBFFF))));
+}
+
+// e4m3_stochastic(x, random), with `random` shifted left by 4 (bits 4 to 19)
+inline void store_e4m3_stochastic(uint8_t* codes, __mmask16 lanes, __m512 x, __m512i random_shifted) {
+  const __m512i x_bits = _mm512_castps_si512(x);
+  const __m512 magnitude = _mm512_castsi512_ps(_mm512_and_si512(x_bits, _mm512_set1_epi32(0x7FFFFFFF)));
+  const __mmask16 subnormal = _mm512_cmp_ps_mask(magnitude, _mm512_set1_ps(0x1p-6f), _CMP_LT_OQ);
+  const __m512 shifted = _mm512_mask_add_ps(magnitude, subnormal, magnitude, _mm512_set1_ps(0x1p-6f));
+  __m512i code = _mm512_add_epi32(_mm512_castps_si512(shifted), random_shifted);
+  code = _mm512_sub_epi32(code, _mm512_set1_epi32(120 << 23));
+  code = _mm512_srli_epi32(_mm512_mask_sub_epi32(code, subnormal, code, _mm512_set1_epi32(8 << 20)), 20);
+  // code | (x's bits >> 24 & 0x80)
+  code = _mm512_ternarylogic_epi32(code, _mm512_srli_epi32(x_bits, 24), _mm512_set1_epi32(0x80), 0xF8);
+  _mm512_mask_cvtepi32_storeu_epi8(codes, lanes, code);
+}
+
+inline __m512 load_params(const ParamStorage* values, __mmask16 lanes) {
+#if PARAM_STORAGE == 0
+  return _mm512_maskz_loadu_ps(lanes, values);
+#else
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, values)), 16));
+#endif
+}
+
+inline void store_params(ParamStorage* values, __mmask16 lanes, __m512 x, __m512i index, __m512i key) {
+#if PARAM_STORAGE == 0
+  (void)index, (void)key;
+  _mm512_mask_storeu_ps(values, lanes, x);
+#elif PARAM_STORAGE == 1
+  (void)index, (void)key;  // bf16_nearest
+  const __m512i u = _mm512_castps_si512(x);
+  __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)),
+                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC00000));
+  _mm512_mask_cvtepi32_storeu_epi16(values, lanes, _mm512_srli_epi32(rounded, 16));
+#else
+  const __m512i random = _mm512_and_si512(random_words16(index, key), _mm512_set1_epi32(0xFFFF));
+  _mm512_mask_cvtepi32_storeu_epi16(values, lanes, _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(x), random), 16));
+#endif
+}
+
+void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict grad,
+                StateStorage* __restrict exp_avg, StateStorage* __restrict exp_avg_sq,
+                float* __restrict exp_avg_scale, float* __restrict exp_avg_sq_scale, int64_t start, int64_t count,
+                const Options& o) {
+  const __m512 one_minus_beta1 = _mm512_set1_ps(o.one_minus_beta1), beta2 = _mm512_set1_ps(o.beta2),
+               one_minus_beta2 = _mm512_set1_ps(o.one_minus_beta2), eps = _mm512_set1_ps(o.eps),
+               step_size = _mm512_set1_ps(o.step_size), grad_step_size = _mm512_set1_ps(o.grad_step_size),
+               rsqrt_bias_correction2 = _mm512_set1_ps(o.rsqrt_bias_correction2),
+               grad_decay = _mm512_set1_ps(o.grad_decay), param_factor = _mm512_set1_ps(o.param_factor);
+  (void)grad_step_size, (void)rsqrt_bias_correction2, (void)step_size;
+  const __m512i sign_flip = _mm512_set1_epi32(o.negate ? int32_t(0x80000000u) : 0), magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i key_moments = _mm512_set1_epi32(int32_t(o.key_moments)), key_param = _mm512_set1_epi32(int32_t(o.key_param));
+  const __m512i lane_index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const bool decays_grad = o.decays_grad;
+  alignas(64) float new_exp_avg[kBlock], new_root[kBlock];
+  // times 256: e4m3_value_over_256(code) * (256 * scale) rounds the product e4m3_value(code) * scale
+  // once, as the rule does (256 * scale is exact: scale <= FLT_MAX / 448)
+  const __m512 exp_avg_scale_old = _mm512_set1_ps(exp_avg_scale[start / kBlock] * 256.0f);
+  const __m512 exp_avg_sq_scale_old = _mm512_set1_ps(exp_avg_sq_scale[start / kBlock] * 256.0f);
+  __m512i exp_avg_absmax = _mm512_setzero_si512(), root_absmax = _mm512_setzero_si512();
+  for (int64_t j = 0; j < count; j += 16) {
+    const int64_t i = start + j;
+    const __mmask16 lanes = lanes_of(count - j);
+    __m512 g = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(load_params(grad + i, lanes)), sign_flip));
+    __m512 p = load_params(param + i, lanes);
+    if (decays_grad) g = _mm512_add_ps(g, _mm512_mul_ps(p, grad_decay));
+    p = _mm512_mul_ps(p, param_factor);
+    __m512 m = _mm512_mul_ps(e4m3_value_over_256(exp_avg + i, lanes), exp_avg_scale_old);
+    const __m512 old_root = _mm512_mul_ps(e4m3_value_over_256(exp_avg_sq + i, lanes), exp_avg_sq_scale_old);
+    __m512 v = _mm512_mul_ps(old_root, old_root);
+    m = _mm512_add_ps(m, _mm512_mul_ps(_mm512_sub_ps(g, m), one_minus_beta1));
+#if SECOND_MOMENT == 1
+    const __m512 deviation = _mm512_sub_ps(g, m);
+    v = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v, beta2), _mm512_mul_ps(deviation, _mm512_mul_ps(deviation, one_minus_beta2))), eps);
+#else
+    v = _mm512_add_ps(_mm512_mul_ps(v, beta2), _mm512_mul_ps(g, _mm512_mul_ps(g, one_minus_beta2)));
+#endif
+    const __m512 root = _mm512_sqrt_ps(v);
+#if UPDATE == 0
+    p = _mm512_sub_ps(p, _mm512_mul_ps(_mm512_div_ps(m, _mm512_add_ps(_mm512_mul_ps(root, rsqrt_bias_correction2), eps)), step_size));
+#elif UPDATE == 1
+    p = _mm512_sub_ps(p, _mm512_div_ps(_mm512_add_ps(_mm512_mul_ps(g, grad_step_size), _mm512_mul_ps(m, step_size)),
+                                       _mm512_add_ps(_mm512_mul_ps(root, rsqrt_bias_correction2), eps)));
+#elif UPDATE == 2
+    p = _mm512_sub_ps(p, _mm512_mul_ps(m, step_size));
+#endif
+    store_params(param + i, lanes, p, _mm512_add_epi32(_mm512_set1_epi32(int32_t(i)), lane_index), key_param);
+    _mm512_store_ps(new_exp_avg + j, m);
+    _mm512_store_ps(new_root + j, root);
+    // as the loop above: an integer max of |x|'s bits
+    exp_avg_absmax = _mm512_mask_max_epu32(exp_avg_absmax, lanes, exp_avg_absmax, _mm512_and_si512(_mm512_castps_si512(m), magnitude));
+    root_absmax = _mm512_mask_max_epu32(root_absmax, lanes, root_absmax, _mm512_and_si512(_mm512_castps_si512(root), magnitude));
+  }
+  const float exp_avg_max = float_of(_mm512_reduce_max_epu32(exp_avg_absmax)), root_max = float_of(_mm512_reduce_max_epu32(root_absmax));
+  const float exp_avg_new_scale = exp_avg_max / kFp8Max, root_new_scale = root_max / kFp8Max;
+  const __m512 exp_avg_inverse = _mm512_set1_ps(1.0f / (exp_avg_max > 0.0f ? exp_avg_new_scale : 1.0f));
+  const __m512 root_inverse = _mm512_set1_ps(1.0f / (root_max > 0.0f ? root_new_scale : 1.0f));
+  for (int64_t j = 0; j < count; j += 16) {
+    const int64_t i = start + j;
+    const __mmask16 lanes = lanes_of(count - j);
+    const __m512i word = random_words16(_mm512_add_epi32(_mm512_set1_epi32(int32_t(i)), lane_index), key_moments);
+    const __m512i low = _mm512_and_si512(_mm512_slli_epi32(word, 4), _mm512_set1_epi32(0xFFFF0));
+    const __m512i high = _mm512_and_si512(_mm512_srli_epi32(word, 12), _mm512_set1_epi32(0xFFFF0));
+    store_e4m3_stochastic(exp_avg + i, lanes, _mm512_mul_ps(_mm512_load_ps(new_exp_avg + j), exp_avg_inverse), low);
+    store_e4m3_stochastic(exp_avg_sq + i, lanes, _mm512_mul_ps(_mm512_load_ps(new_root + j), root_inverse), high);
+  }
+  exp_avg_scale[start / kBlock] = exp_avg_new_scale;
+  exp_avg_sq_scale[start / kBlock] = root_new_scale;
+}
+#else
 // Distinct tensors (the caller checks), hence __restrict: stores to one cannot change the others.
 void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict grad,
                 StateStorage* __restrict exp_avg, StateStorage* __restrict exp_avg_sq,
@@ -206,6 +352,7 @@ void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict g
   exp_avg_sq_scale[start / kBlock] = root_new_scale;
 #endif
 }
+#endif
 
 }  // namespace
 
@@ -228,4 +375,13 @@ extern "C" void adam_step(void* const* params, const void* const* grads, void* c
                exp_avg_scales[t], exp_avg_sq_scales[t], start,
                numels[t] - start < kBlock ? numels[t] - start : kBlock, o);
   }
+}
+
+// 1 where this build steps 8-bit state with the AVX-512 block step, else 0 (for the tests).
+extern "C" int vectorized() {
+#ifdef VECTOR_BLOCK_STEP
+  return 1;
+#else
+  return 0;
+#endif
 }

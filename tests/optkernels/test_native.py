@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from optkernels import _native, adam_update
+from optkernels import adam as adam_module
 from optkernels.adam import adam_low_precision_rule, native_low_precision_steps
 from optkernels.quantization import (MIN_QUANTIZED_NUMEL, STREAMS, halves, new_scales, new_state,
                                      quantize_blockwise, random_key, random_words)
@@ -39,7 +40,8 @@ def _step_options(**overrides):
     return _native.AdamOptions(**{**options, **overrides})
 
 
-def test_codes_equal_the_reference_quantiser():
+@pytest.mark.parametrize("portable", [0, 1], ids=["vector", "portable"])
+def test_codes_equal_the_reference_quantiser(portable):
     """beta1 = beta2 = 0 from zero state: the step keeps m = 0 + (g - 0) (g, but for -0, which
     becomes +0) and sqrt(v) = |g| (sqrt of a correctly rounded square is exact), so its codes and
     scales must be those of quantising m and g^2 with the step's random words (seed 7, step 1),
@@ -51,7 +53,8 @@ def test_codes_equal_the_reference_quantiser():
     param, exp_avg, exp_avg_sq = torch.zeros(numel), torch.zeros(numel, dtype=torch.uint8), torch.zeros(
         numel, dtype=torch.uint8)
     exp_avg_scale, exp_avg_sq_scale = new_scales(exp_avg), new_scales(exp_avg_sq)
-    library = _native.library("adam_low_precision", UPDATE=3, SECOND_MOMENT=0, STATE_STORAGE=2, PARAM_STORAGE=0)
+    library = _native.library("adam_low_precision", UPDATE=3, SECOND_MOMENT=0, STATE_STORAGE=2, PARAM_STORAGE=0,
+                              PORTABLE=portable)
     options = _step_options(key_moments=random_key(7, 1, STREAMS["moments"]))
     library.adam_step(*[(ctypes.c_void_p * 1)(t.data_ptr()) for t in (param, grads, exp_avg, exp_avg_sq,
                                                                        exp_avg_scale, exp_avg_sq_scale)],
@@ -155,6 +158,47 @@ def test_native_gives_the_compiled_rules_bits(storage, monkeypatch):
     for mine, theirs in zip(*runs):
         for a, b in zip(mine, theirs):
             assert torch.equal(a, b)
+
+
+def _avx512() -> bool:
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set(next((line for line in cpuinfo if line.startswith("flags")), "").split())
+    return {"avx512f", "avx512bw", "avx512vl"} <= flags
+
+
+def test_the_vector_step_is_built_where_the_cpu_has_avx512():
+    """The comparison below is of two different loops only where the CPU has AVX-512 (else both
+    builds are the plain loops); the portable build never has the vector step."""
+    variant = dict(UPDATE=0, SECOND_MOMENT=0, STATE_STORAGE=2, PARAM_STORAGE=0)
+    assert _native.library("adam_low_precision", **variant).vectorized() == int(_avx512())
+    assert _native.library("adam_low_precision", PORTABLE=1, **variant).vectorized() == 0
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("storage", [s for s in STORAGES if s[2] == "8bit"],
+                         ids=lambda s: f"{str(s[0])[6:]}{'-sr' if s[1] else ''}")
+def test_vector_step_gives_the_plain_loops_bits(storage, rule, options, monkeypatch):
+    """The AVX-512 block step against the plain loops (``PORTABLE=1``), bit for bit, every
+    variant: grads over eleven orders of magnitude (e4m3's subnormal codes, zero blocks, -0),
+    a partial last block; three steps, so that codes written by one step are decoded by the next."""
+    runs = []
+    for portable in (0, 1):
+        monkeypatch.setattr(adam_module, "library", lambda name, **macros: _native.library(name, PORTABLE=portable,
+                                                                                            **macros))
+        tensors = _tensors(*storage, shapes=[(3 * 256 + 77,), (64, 256)])
+        for step in range(1, 4):
+            tensors[1] = [_wide_values(p.numel(), seed=step).view(p.shape).to(p.dtype) for p in tensors[0]]
+            scalars = dict(beta1=0.9, beta2=0.999, eps=1e-8, seed=5.0, step=float(step),
+                           stochastic_rounding=storage[1], **RULES[rule], **OPTIONS[options])
+            _native_runner(tensors, scalars)
+        runs.append(tensors)
+    for kind, (mine, theirs) in enumerate(zip(*runs)):
+        if kind != 1:
+            for a, b in zip(mine, theirs):
+                assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), f"tensor kind {kind}"
 
 
 def test_threads_split_blocks_without_changing_bits():
