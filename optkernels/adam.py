@@ -293,6 +293,8 @@ adam_low_precision_rule.inductor_options = {"realize_cpu_opcount_threshold": 409
 
 
 _NATIVE_STATES = {torch.float32: 0, torch.bfloat16: 1, torch.uint8: 2}  # STATE_STORAGE of the C++ source
+_NATIVE_PARAMS = {torch.float32: 0, torch.bfloat16: 1}  # PARAM_STORAGE, bf16 rounded to nearest (+1: stochastically)
+_PLAIN = (Tensor, torch.nn.Parameter)
 _PARALLEL_NUMEL = 1 << 16  # fewer elements in all run on one thread: waking the others costs more
 
 
@@ -319,35 +321,40 @@ def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bia
     left = [[] for _ in lists]
     by_variant: dict[tuple, list[tuple]] = {}
     for tensors in zip(*lists):
-        param, grad, exp_avg, exp_avg_sq, _, _ = tensors
-        if (param.dtype in (torch.float32, torch.bfloat16) and grad.dtype == param.dtype
-                and exp_avg.dtype in _NATIVE_STATES and exp_avg_sq.dtype == exp_avg.dtype and not grad.is_sparse
-                and all(type(x) in (Tensor, torch.nn.Parameter) and x.is_contiguous()
-                        for x in (param, grad, exp_avg, exp_avg_sq))
-                # the kernel takes them as distinct memory (C++ __restrict)
-                and len({param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr()}) == 4):
-            variant = (_NATIVE_STATES[exp_avg.dtype], 0 if param.dtype == torch.float32 else 1 + stochastic_rounding)
-            by_variant.setdefault(variant, []).append(tensors)
-        else:
-            for column, tensor in zip(left, tensors):
-                column.append(tensor)
+        param, grad, exp_avg, exp_avg_sq = tensors[:4]
+        state_storage, param_storage = _NATIVE_STATES.get(exp_avg.dtype), _NATIVE_PARAMS.get(param.dtype)
+        # plain tensors only (a subclass's data pointer need not be its values), contiguous, and
+        # in four distinct places (the kernel takes them as C++ __restrict)
+        if (state_storage is not None and param_storage is not None and grad.dtype == param.dtype
+                and exp_avg_sq.dtype == exp_avg.dtype and type(param) in _PLAIN and type(grad) in _PLAIN
+                and type(exp_avg) in _PLAIN and type(exp_avg_sq) in _PLAIN and not grad.is_sparse
+                and param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous()
+                and exp_avg_sq.is_contiguous()):
+            pointers = (param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr())
+            if len(set(pointers)) == 4:
+                variant = (state_storage, param_storage + (param_storage and stochastic_rounding))
+                by_variant.setdefault(variant, []).append((tensors, pointers))
+                continue
+        for column, tensor in zip(left, tensors):
+            column.append(tensor)
     for (state_storage, param_storage), group in by_variant.items():
         lib = library("adam_low_precision", UPDATE=update, SECOND_MOMENT=int(belief), STATE_STORAGE=state_storage,
                       PARAM_STORAGE=param_storage)
         if lib is None:
-            for tensors in group:
+            for tensors, _ in group:
                 for column, tensor in zip(left, tensors):
                     column.append(tensor)
             continue
-        columns = list(zip(*group))
+        columns = list(zip(*(tensors for tensors, _ in group)))
         codes = state_storage == _NATIVE_STATES[CODE_DTYPE]
         numels = [param.numel() for param in columns[0]]
         options.threads = threads() if sum(numels) >= _PARALLEL_NUMEL else 1
-        pointers = [(ctypes.c_void_p * len(group))(*[t.data_ptr() for t in column])
-                    for column in columns[:6 if codes else 4]]
-        if not codes:  # no scales: null pointers
-            pointers += [(ctypes.c_void_p * len(group))()] * 2
-        lib.adam_step(*pointers, (ctypes.c_int64 * len(group))(*numels), ctypes.c_int64(len(group)),
+        pointer_arrays = [(ctypes.c_void_p * len(group))(*column) for column in zip(*(p for _, p in group))]
+        if codes:
+            pointer_arrays += [(ctypes.c_void_p * len(group))(*[t.data_ptr() for t in column]) for column in columns[4:6]]
+        else:  # no scales: null pointers
+            pointer_arrays += [(ctypes.c_void_p * len(group))()] * 2
+        lib.adam_step(*pointer_arrays, (ctypes.c_int64 * len(group))(*numels), ctypes.c_int64(len(group)),
                       ctypes.byref(options))
         # written outside torch: autograd's in-place checks must still see the change
         torch.autograd.graph.increment_version([t for column in (columns[0], columns[2], columns[3],
