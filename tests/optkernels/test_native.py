@@ -176,14 +176,20 @@ def test_the_vector_step_is_built_where_the_cpu_has_avx512():
     assert _native.library("adam_low_precision", PORTABLE=1, **variant).vectorized() == 0
 
 
+# every value of each macro the vector step reads (PARAM_STORAGE, UPDATE, SECOND_MOMENT), each
+# build pair costing a compile: every rule over float32 params, every param storage under Adam's
+VECTOR_VARIANTS = [((torch.float32, False, "8bit"), rule) for rule in RULES] + [
+    ((torch.bfloat16, stochastic_rounding, "8bit"), "adam") for stochastic_rounding in (False, True)]
+
+
 @pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("storage", [s for s in STORAGES if s[2] == "8bit"],
-                         ids=lambda s: f"{str(s[0])[6:]}{'-sr' if s[1] else ''}")
+@pytest.mark.parametrize(("storage", "rule"), VECTOR_VARIANTS,
+                         ids=lambda v: v if isinstance(v, str) else f"{str(v[0])[6:]}{'-sr' if v[1] else ''}")
 def test_vector_step_gives_the_plain_loops_bits(storage, rule, options, monkeypatch):
-    """The AVX-512 block step against the plain loops (``PORTABLE=1``), bit for bit, every
-    variant: grads over eleven orders of magnitude (e4m3's subnormal codes, zero blocks, -0),
-    a partial last block; three steps, so that codes written by one step are decoded by the next."""
+    """The AVX-512 block step against the plain loops (``PORTABLE=1``), bit for bit, in every
+    variant of the vector code: grads over eleven orders of magnitude (e4m3's subnormal codes,
+    zero blocks, -0), a partial last block; three steps, so that codes written by one step are
+    decoded by the next."""
     runs = []
     for portable in (0, 1):
         monkeypatch.setattr(adam_module, "library", lambda name, **macros: _native.library(name, PORTABLE=portable,
