@@ -293,7 +293,7 @@ adam_low_precision_rule.inductor_options = {"realize_cpu_opcount_threshold": 409
 
 
 _NATIVE_STATES = {torch.float32: 0, torch.bfloat16: 1, torch.uint8: 2}  # STATE_STORAGE of the C++ source
-_NATIVE_PARAMS = {torch.float32: 0, torch.bfloat16: 1}  # PARAM_STORAGE, bf16 rounded to nearest (+1: stochastically)
+_NATIVE_PARAMS = {torch.float32: 0, torch.bfloat16: 1}  # PARAM_STORAGE (bf16 rounded stochastically: 2)
 _PLAIN = (Tensor, torch.nn.Parameter)
 _PARALLEL_NUMEL = 1 << 16  # fewer elements in all run on one thread: waking the others costs more
 
@@ -332,7 +332,7 @@ def native_low_precision_steps(lists, *, beta1, beta2, eps, step_size, rsqrt_bia
                 and exp_avg_sq.is_contiguous()):
             pointers = (param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr())
             if len(set(pointers)) == 4:
-                variant = (state_storage, param_storage + (param_storage and stochastic_rounding))
+                variant = (state_storage, 2 if param_storage and stochastic_rounding else param_storage)
                 by_variant.setdefault(variant, []).append((tensors, pointers))
                 continue
         for column, tensor in zip(left, tensors):

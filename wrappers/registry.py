@@ -284,7 +284,8 @@ for _algorithm in (
         "lbfgs", LBFGS, ok.lbfgs_update,
         ("torch's keys under the first param; vectors per param, flat in `state_dict()`",),
         "torch.optim.LBFGS", "torch.optim.LBFGS",
-        "bitwise with one param; to rounding with several (dot products sum per tensor, never flattening the model)",
+        "bitwise with one param (params that never get a grad beside it change nothing: bitwise as torch "
+        "without them); to rounding with several (dot products sum per tensor, never flattening the model)",
         passes=None, parity=Parity(exact_modes=frozenset(), dedicated=True)),
     Algorithm(
         "muon", Muon, ok.muon_update, ("momentum_buffer (no `step`; 2-D params only)",), "torch.optim.Muon",

@@ -252,7 +252,7 @@ void block_step(ParamStorage* __restrict param, const ParamStorage* __restrict g
     store_params(param + i, lanes, p, _mm512_add_epi32(_mm512_set1_epi32(int32_t(i)), lane_index), key_param);
     _mm512_store_ps(new_exp_avg + j, m);
     _mm512_store_ps(new_root + j, root);
-    // as the loop above: an integer max of |x|'s bits
+    // as the plain loop: an integer max of |x|'s bits
     exp_avg_absmax = _mm512_mask_max_epu32(exp_avg_absmax, lanes, exp_avg_absmax, _mm512_and_si512(_mm512_castps_si512(m), magnitude));
     root_absmax = _mm512_mask_max_epu32(root_absmax, lanes, root_absmax, _mm512_and_si512(_mm512_castps_si512(root), magnitude));
   }
