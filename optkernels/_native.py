@@ -57,16 +57,22 @@ def _fingerprint(compiler: str, source: bytes, flags: tuple[str, ...]) -> str:
     """What the built library depends on: the source, the flags, the compiler and the CPU
     (``-march=native``)."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    cpu = ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next((line for line in cpuinfo if line.startswith("flags")), "")
+    cpu = " ".join(cpu_flags())
     digest = hashlib.sha256()
     for part in (source, " ".join(flags).encode(), compiler.encode(), version.encode(), cpu.encode(),
                  platform.machine().encode()):
         digest.update(part)
         digest.update(b"\0")
     return digest.hexdigest()[:24]
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags as ``/proc/cpuinfo`` lists them (``-march=native`` builds for
+    them), or none where there is no such file."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return []
+    with open("/proc/cpuinfo") as cpuinfo:
+        return next((line for line in cpuinfo if line.startswith("flags")), "").split()[2:]
 
 
 def _cache_dir() -> Path:

@@ -160,19 +160,12 @@ def test_native_gives_the_compiled_rules_bits(storage, monkeypatch):
             assert torch.equal(a, b)
 
 
-def _avx512() -> bool:
-    flags = set()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = set(next((line for line in cpuinfo if line.startswith("flags")), "").split())
-    return {"avx512f", "avx512bw", "avx512vl"} <= flags
-
-
 def test_the_vector_step_is_built_where_the_cpu_has_avx512():
     """The comparison below is of two different loops only where the CPU has AVX-512 (else both
     builds are the plain loops); the portable build never has the vector step."""
     variant = dict(UPDATE=0, SECOND_MOMENT=0, STATE_STORAGE=2, PARAM_STORAGE=0)
-    assert _native.library("adam_low_precision", **variant).vectorized() == int(_avx512())
+    avx512 = {"avx512f", "avx512bw", "avx512vl"} <= set(_native.cpu_flags())
+    assert _native.library("adam_low_precision", **variant).vectorized() == int(avx512)
     assert _native.library("adam_low_precision", PORTABLE=1, **variant).vectorized() == 0
 
 
